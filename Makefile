@@ -1,0 +1,61 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SQLITE_JDBC ?= /usr/share/java/sqlite-jdbc.jar
+PYTEST_ARGS ?=
+
+.PHONY: setup check-java check-jdbc test test-unit bench run up down status clean help
+
+help:
+	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
+	@echo "make test   - install everything and run the test suite"
+	@echo "make bench  - run the benchmarks (BENCH lines)"
+	@echo "make setup  - only install (virtualenv, Python packages, JDBC driver check)"
+
+setup: $(STAMP) check-java check-jdbc
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required: install python3.11 (and python3.11-venv)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+check-java:
+	@command -v java >/dev/null || { echo "Java 17 is required: apt-get install openjdk-17-jre-headless"; exit 1; }
+	@java -version 2>&1 | grep -qE 'version "(17|21)' || { echo "Java 17 is required (found: $$(java -version 2>&1 | head -1))"; exit 1; }
+
+check-jdbc:
+	@test -f $(SQLITE_JDBC) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing the SQLite JDBC driver (libxerial-sqlite-jdbc-java)"; \
+	    (apt-get install -y -qq libxerial-sqlite-jdbc-java >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libxerial-sqlite-jdbc-java >/dev/null 2>&1)); \
+	  fi; \
+	  test -f $(SQLITE_JDBC) || { echo "SQLite JDBC driver missing: apt-get install libxerial-sqlite-jdbc-java"; exit 1; }; }
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m lakehouse.bench $(BENCH_ARGS)
+
+up: setup
+	$(VENV)/bin/lakehouse up
+
+down:
+	$(VENV)/bin/lakehouse down
+
+status:
+	$(VENV)/bin/lakehouse status
+
+clean:
+	-$(VENV)/bin/lakehouse down
+	rm -rf .lakehouse

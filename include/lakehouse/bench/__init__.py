@@ -1,0 +1,16 @@
+"""Benchmarks (``make bench``): each module measures a stage and its floor in the same run.
+
+Every figure is printed as one line ``BENCH <name> <value> <unit>``. Performance targets live
+here, never in timed unit tests.
+"""
+
+from __future__ import annotations
+
+# Benchmark modules in run order; each defines ``run(scale: float) -> None``.
+BENCHMARKS: tuple[str, ...] = ()
+
+
+def report(name: str, value: float, unit: str) -> None:
+    """Print one figure in the BENCH line format (flushed: benchmarks run for minutes)."""
+    shown = f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    print(f"BENCH {name} {shown} {unit}", flush=True)

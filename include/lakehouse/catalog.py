@@ -1,0 +1,62 @@
+"""The Iceberg catalog for Python code (pyiceberg), sharing Spark's JDBC catalog database.
+
+Spark uses Iceberg's JDBC catalog (``jdbc.schema-version=V1``); pyiceberg's ``SqlCatalog``
+reads and writes the same ``iceberg_tables`` rows, so either engine sees the other's commits.
+SQLite runs in WAL mode with a busy timeout because Spark jobs, the CLI and Airflow tasks
+commit concurrently.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.parse
+from typing import TYPE_CHECKING
+
+from lakehouse.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlalchemy_uri(settings: Settings) -> str:
+    """Translate the catalog's JDBC URI into the SQLAlchemy URI pyiceberg needs."""
+    jdbc = settings.catalog_jdbc_uri
+    if settings.catalog_is_sqlite:
+        path = jdbc[len("jdbc:sqlite:"):].split("?", 1)[0]
+        return f"sqlite:///{path}?timeout={SQLITE_BUSY_TIMEOUT_MS // 1000}"
+    if jdbc.startswith("jdbc:postgresql://"):
+        rest = jdbc[len("jdbc:postgresql://"):]
+        hostpart, _, query = rest.partition("?")
+        params = dict(urllib.parse.parse_qsl(query))
+        user = settings.catalog_user or params.get("user", "")
+        password = settings.catalog_password or params.get("password", "")
+        auth = ""
+        if user:
+            auth = urllib.parse.quote(user) + (":" + urllib.parse.quote(password) if password else "") + "@"
+        return f"postgresql+psycopg2://{auth}{hostpart}"
+    raise SettingsError(f"LAKEHOUSE_CATALOG_URI={jdbc!r}: only jdbc:sqlite: and jdbc:postgresql: are supported")
+
+
+def prepare_sqlite(settings: Settings) -> None:
+    """Create the SQLite catalog file in WAL mode (a persistent database setting)."""
+    if not settings.catalog_is_sqlite:
+        return
+    settings.catalog_db_path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(settings.catalog_db_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def load_catalog(settings: Settings) -> SqlCatalog:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    prepare_sqlite(settings)
+    props = {"uri": sqlalchemy_uri(settings), "warehouse": settings.warehouse_uri}
+    if settings.s3_endpoint:
+        props.update({"s3.endpoint": settings.s3_endpoint, "s3.access-key-id": settings.s3_access_key,
+                      "s3.secret-access-key": settings.s3_secret_key, "s3.path-style-access": "true"})
+    return SqlCatalog(settings.catalog_name, **props)

@@ -1,0 +1,64 @@
+"""Every topic, table, subject, consumer-group and checkpoint name, built in one place.
+
+Nothing else in the project spells these names as literals (cryptofeed's ``defines.py``).
+"""
+
+from __future__ import annotations
+
+from lakehouse.settings import Settings
+
+NAMESPACE = "market_data"
+
+LAYERS = ("bronze", "silver", "gold")
+
+DLQ_TABLE = f"{NAMESPACE}.silver_dlq_trades"
+GOLD_TABLE = f"{NAMESPACE}.gold_crypto_trades"
+OHLCV_TABLE = f"{NAMESPACE}.gold_ohlcv_1m"
+AUDIT_TABLE = f"{NAMESPACE}.pipeline_audit"
+
+# Snapshot-summary keys written by Bronze in the same commit as its data.
+BRONZE_OFFSETS_PROPERTY = "lakehouse.kafka.offsets"
+BRONZE_RUN_PROPERTY = "lakehouse.bronze.run-id"
+
+
+def topic(settings: Settings, exchange: str) -> str:
+    return f"{settings.topic_prefix}.{exchange}"
+
+
+def rejects_topic(settings: Settings, exchange: str) -> str:
+    return f"{topic(settings, exchange)}.rejects"
+
+
+def value_subject(topic_name: str) -> str:
+    """Confluent TopicNameStrategy subject for record values."""
+    return f"{topic_name}-value"
+
+
+def bronze_table(exchange: str) -> str:
+    return f"{NAMESPACE}.bronze_{exchange}_trades"
+
+
+def silver_table(exchange: str) -> str:
+    return f"{NAMESPACE}.silver_{exchange}_trades"
+
+
+def bronze_consumer_group(exchange: str) -> str:
+    return f"lakehouse-bronze-{exchange}"
+
+
+def checkpoint(settings: Settings, layer: str, name: str) -> str:
+    """Checkpoint location of one streaming query (``layer``/``name``) under the checkpoint root."""
+    return f"{settings.checkpoint_uri.rstrip('/')}/{layer}/{name}"
+
+
+def all_tables(settings: Settings) -> list[str]:
+    """Every table of the product, in creation order."""
+    tables: list[str] = []
+    for exchange in settings.exchanges:
+        tables += [bronze_table(exchange), silver_table(exchange)]
+    return tables + [DLQ_TABLE, GOLD_TABLE, OHLCV_TABLE, AUDIT_TABLE]
+
+
+def qualified(settings: Settings, table: str) -> str:
+    """Catalog-qualified table name for Spark."""
+    return f"{settings.catalog_name}.{table}"

@@ -1,0 +1,278 @@
+"""One typed settings module for the whole product.
+
+Resolution order (later wins), as in pyiceberg's config:
+  1. the defaults declared on :class:`Settings` below;
+  2. an optional TOML file named by ``LAKEHOUSE_CONFIG`` (flat ``key = value`` pairs using the
+     field names below);
+  3. ``LAKEHOUSE_<FIELD>`` environment variables (upper-case field name).
+
+Every value is parsed by a typed getter; a bad value raises :class:`SettingsError` naming the
+variable, so a misconfigured job fails at start instead of half-way through a run.
+Derived locations (catalog database, warehouse, checkpoints, logs) default to places under
+``LAKEHOUSE_HOME`` so that two stacks with different homes and ports run side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "LAKEHOUSE_"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _doc(text: str, default: object) -> typing.Any:
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration. Build it with :func:`load_settings`, never by hand in jobs."""
+
+    # --- locations -------------------------------------------------------------------
+    home: Path = _doc("Directory holding all embedded state (broker, catalog, warehouse, checkpoints, logs).",
+                      REPO_ROOT / ".lakehouse")
+    # --- exchanges and topics ----------------------------------------------------------
+    exchanges: tuple[str, ...] = _doc("Exchanges the pipeline ingests; each gets a topic and Bronze/Silver tables.",
+                                      ("binance", "kraken"))
+    topic_prefix: str = _doc("Kafka topic prefix; the topic of exchange X is '<prefix>.X'.", "crypto.trades")
+    topic_partitions: int = _doc("Partitions per trade topic when the topic is created.", 3)
+    topic_replication: int = _doc("Replication factor for created topics.", 1)
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_embedded: bool = _doc("Start the embedded tansu broker with 'lakehouse up'.", True)
+    kafka_host: str = _doc("Host the embedded broker listens on.", "127.0.0.1")
+    kafka_port: int = _doc("Port the embedded broker listens on.", 9092)
+    kafka_bootstrap: str = _doc("Kafka bootstrap servers; empty means the embedded broker's host:port.", "")
+    # --- schema registry ----------------------------------------------------------------
+    schema_registry_url: str = _doc("Confluent Schema Registry URL; empty means the local store in LAKEHOUSE_HOME.", "")
+    schema_registry_timeout_s: float = _doc("HTTP timeout for the schema registry.", 10.0)
+    # --- Iceberg catalog ------------------------------------------------------------------
+    catalog_name: str = _doc("Iceberg catalog name used by Spark and pyiceberg.", "lakehouse")
+    catalog_uri: str = _doc("JDBC URI of the Iceberg catalog; empty means SQLite in LAKEHOUSE_HOME.", "")
+    catalog_user: str = _doc("Catalog database user (PostgreSQL).", "")
+    catalog_password: str = _doc("Catalog database password (PostgreSQL).", "")
+    warehouse: str = _doc("Warehouse location (file:// or s3://); empty means LAKEHOUSE_HOME/warehouse.", "")
+    checkpoint_root: str = _doc("Root for streaming checkpoints; empty means LAKEHOUSE_HOME/checkpoints.", "")
+    s3_endpoint: str = _doc("S3-compatible endpoint (MinIO) for s3:// warehouses.", "")
+    s3_access_key: str = _doc("S3 access key.", "")
+    s3_secret_key: str = _doc("S3 secret key.", "")
+    # --- Spark ---------------------------------------------------------------------------
+    spark_master: str = _doc("Spark master URL.", "local[*]")
+    spark_driver_memory: str = _doc("spark.driver.memory.", "2g")
+    spark_executor_memory: str = _doc("spark.executor.memory (cluster modes).", "2g")
+    spark_shuffle_partitions: int = _doc("spark.sql.shuffle.partitions; small on a 2-core machine.", 4)
+    spark_sqlite_jdbc_jar: Path = _doc("SQLite JDBC driver jar (Debian libxerial-sqlite-jdbc-java).",
+                                       Path("/usr/share/java/sqlite-jdbc.jar"))
+    spark_postgres_jdbc_jar: Path = _doc("PostgreSQL JDBC driver jar (Debian libpostgresql-jdbc-java).",
+                                         Path("/usr/share/java/postgresql.jar"))
+    spark_extra_jars: tuple[str, ...] = _doc("Extra jars added to every Spark job (comma-separated).", ())
+    spark_ui_enabled: bool = _doc("Enable the Spark UI for jobs.", False)
+    # --- layer tuning ----------------------------------------------------------------------
+    bronze_max_records_per_run: int = _doc("Admission cap: most Kafka records one Bronze run ingests.", 2_000_000)
+    bronze_records_per_task: int = _doc("Offset-range size per Spark task when reading Kafka.", 250_000)
+    bronze_accept_data_loss: bool = _doc("Accept offsets lost to retention/recreation (recorded in the audit table).",
+                                         False)
+    silver_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Silver (files per micro-batch).", 200)
+    gold_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Gold (files per micro-batch).", 200)
+    gold_watermark_minutes: int = _doc("Event-time window in which Gold dedupes cheaply in-batch.", 5)
+    gold_dedupe_lookback_hours: int = _doc("How far back (event time) Gold looks for an existing twin.", 48)
+    dlq_retention_days: int = _doc("Dead-letter rows older than this are archived then purged.", 30)
+    snapshot_retention_hours: int = _doc("Snapshots older than this are expired by maintenance.", 24)
+    # --- producers -----------------------------------------------------------------------
+    producer_rate: float = _doc("Default replay rate in trades/s per exchange for 'make run'.", 200.0)
+    producer_compression: str = _doc("Kafka producer compression codec.", "zstd")
+    producer_linger_ms: int = _doc("Kafka producer linger.ms.", 5)
+    # --- observability ----------------------------------------------------------------------
+    statsd_host: str = _doc("StatsD host for metrics.", "127.0.0.1")
+    statsd_port: int = _doc("StatsD UDP port.", 8125)
+    statsd_prefix: str = _doc("Prefix of every metric name.", "lakehouse")
+    log_level: str = _doc("Log level for jobs and services.", "INFO")
+    log_json: bool = _doc("Structured JSON logs (true) or plain text (false).", True)
+    # --- Airflow ------------------------------------------------------------------------------
+    airflow_home: str = _doc("AIRFLOW_HOME for the embedded Airflow; empty means LAKEHOUSE_HOME/airflow.", "")
+    airflow_port: int = _doc("Port of the embedded Airflow API server / UI.", 8080)
+    airflow_parallelism: int = _doc("Airflow core.parallelism for the embedded LocalExecutor.", 4)
+    airflow_spark_pool_slots: int = _doc("Slots of the Airflow pool that bounds concurrent Spark applications.", 2)
+    deadline_bronze_s: int = _doc("Deadline after queueing for a Bronze DAG run, seconds.", 90)
+    deadline_silver_s: int = _doc("Deadline after queueing for a Silver DAG run, seconds.", 120)
+    deadline_gold_s: int = _doc("Deadline after queueing for a Gold DAG run, seconds.", 180)
+
+    # --- derived locations -------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def catalog_db_path(self) -> Path:
+        return self.home / "catalog.db"
+
+    @property
+    def catalog_jdbc_uri(self) -> str:
+        return self.catalog_uri or f"jdbc:sqlite:{self.catalog_db_path}"
+
+    @property
+    def catalog_is_sqlite(self) -> bool:
+        return self.catalog_jdbc_uri.startswith("jdbc:sqlite:")
+
+    @property
+    def warehouse_uri(self) -> str:
+        return self.warehouse or (self.home / "warehouse").as_uri()
+
+    @property
+    def checkpoint_uri(self) -> str:
+        return self.checkpoint_root or (self.home / "checkpoints").as_uri()
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.home / "schema-registry"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def airflow_home_path(self) -> Path:
+        return Path(self.airflow_home) if self.airflow_home else self.home / "airflow"
+
+    def env(self) -> dict[str, str]:
+        """These settings as LAKEHOUSE_* variables, so child processes see the same config."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                text = ",".join(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            out[ENV_PREFIX + f.name.upper()] = text
+        return out
+
+    def as_dict(self) -> dict[str, object]:
+        """Effective settings for ``lakehouse config``; secrets are masked."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith(("password", "secret_key")) and value:
+                value = "***"
+            out[f.name] = list(value) if isinstance(value, tuple) else (str(value) if isinstance(value, Path) else value)
+        return out
+
+
+_TYPES = typing.get_type_hints(Settings)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(name: str, raw: object, source: str) -> object:
+    """Parse one raw value into the declared type of field ``name``."""
+    kind = _TYPES[name]
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected true/false")
+        if kind is int:
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            return int(str(raw).strip().replace("_", ""))
+        if kind is float:
+            return float(str(raw).strip())
+        if kind is Path:
+            text = str(raw).strip()
+            if not text:
+                raise ValueError("expected a path")
+            return Path(text).expanduser()
+        if kind == tuple[str, ...]:
+            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        return str(raw).strip()
+    except ValueError as err:
+        raise SettingsError(f"{source}={raw!r} is not a valid {getattr(kind, '__name__', kind)}: {err}") from err
+
+
+def _validate(s: Settings) -> None:
+    def bad(name: str, why: str) -> SettingsError:
+        return SettingsError(f"{ENV_PREFIX}{name.upper()}={getattr(s, name)!r}: {why}")
+
+    for port_field in ("kafka_port", "statsd_port", "airflow_port"):
+        if not 0 < getattr(s, port_field) < 65536:
+            raise bad(port_field, "must be a TCP port between 1 and 65535")
+    for positive in ("topic_partitions", "topic_replication", "spark_shuffle_partitions",
+                     "bronze_max_records_per_run", "bronze_records_per_task", "silver_max_files_per_batch",
+                     "gold_max_files_per_batch", "airflow_parallelism", "airflow_spark_pool_slots",
+                     "deadline_bronze_s", "deadline_silver_s", "deadline_gold_s", "dlq_retention_days",
+                     "snapshot_retention_hours", "gold_dedupe_lookback_hours"):
+        if getattr(s, positive) <= 0:
+            raise bad(positive, "must be greater than zero")
+    if s.producer_rate <= 0:
+        raise bad("producer_rate", "must be greater than zero")
+    if not s.exchanges:
+        raise bad("exchanges", "at least one exchange is required")
+    for exchange in s.exchanges:
+        if not exchange.isidentifier() or exchange.lower() != exchange:
+            raise bad("exchanges", f"exchange name {exchange!r} must be a lower-case identifier")
+    if len(set(s.exchanges)) != len(s.exchanges):
+        raise bad("exchanges", "exchange names must be unique")
+    if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise bad("log_level", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    if s.producer_compression not in {"none", "gzip", "snappy", "lz4", "zstd"}:
+        raise bad("producer_compression", "must be one of none, gzip, snappy, lz4, zstd")
+    if s.catalog_uri and not s.catalog_uri.startswith("jdbc:"):
+        raise bad("catalog_uri", "must be a JDBC URI such as jdbc:postgresql://host:5432/db")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the effective settings from defaults, the optional TOML file, then the environment."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    names = {f.name for f in dataclasses.fields(Settings)}
+
+    config_file = env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        path = Path(config_file).expanduser()
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise SettingsError(f"{ENV_PREFIX}CONFIG={config_file!r}: cannot read TOML file: {err}") from err
+        for key, raw in data.items():
+            if key not in names:
+                raise SettingsError(f"{path}: unknown setting {key!r}")
+            values[key] = _parse(key, raw, f"{path}:{key}")
+
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in names:
+            raise SettingsError(f"{key} is not a known setting (see 'lakehouse config')")
+        values[name] = _parse(name, raw, key)
+
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if not settings.home.is_absolute():
+        settings = dataclasses.replace(settings, home=settings.home.resolve())
+    _validate(settings)
+    return settings
+
+
+def setting_docs() -> dict[str, str]:
+    """Field name -> one-line description, for ``lakehouse config --help``-style output."""
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(Settings)}

@@ -1,0 +1,171 @@
+"""Spark configuration used by every job, the CLI, Airflow and the tests.
+
+One builder produces the jars, the Iceberg catalog configuration and the local defaults;
+:func:`submit_spec` turns a layer into the exact ``spark-submit`` that both
+``lakehouse run`` and Airflow's ``SparkSubmitOperator`` execute.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lakehouse.settings import REPO_ROOT, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+ICEBERG_JAR = "iceberg-spark-runtime-3.5_2.12-1.10.2.jar"
+SPARK_JOBS_DIR = REPO_ROOT / "spark_jobs"
+LOG4J_CONF = Path(__file__).with_name("conf") / "log4j2.properties"
+
+
+class SparkSetupError(RuntimeError):
+    """A jar or setting Spark needs is missing; the message says what to install."""
+
+
+def iceberg_runtime_jar() -> Path:
+    try:
+        jar = resources.files("snowpark_connect_deps_iceberg").joinpath("jars", ICEBERG_JAR)
+    except ModuleNotFoundError as err:
+        raise SparkSetupError("Iceberg runtime missing: pip install snowpark-connect-deps-iceberg==1.0.2") from err
+    path = Path(str(jar))
+    if not path.is_file():
+        raise SparkSetupError(f"{ICEBERG_JAR} not found in snowpark-connect-deps-iceberg: install version 1.0.2")
+    return path
+
+
+def jars(settings: Settings) -> list[str]:
+    out = [str(iceberg_runtime_jar())]
+    if settings.catalog_is_sqlite:
+        driver = settings.spark_sqlite_jdbc_jar
+        hint = "apt-get install libxerial-sqlite-jdbc-java"
+    else:
+        driver = settings.spark_postgres_jdbc_jar
+        hint = "apt-get install libpostgresql-jdbc-java"
+    if not driver.is_file():
+        raise SparkSetupError(f"JDBC driver {driver} not found: {hint}")
+    out.append(str(driver))
+    out += list(settings.spark_extra_jars)
+    return out
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """Every Spark setting except jars and master, as strings (spark-submit --conf pairs)."""
+    cat = f"spark.sql.catalog.{settings.catalog_name}"
+    conf = {
+        "spark.sql.extensions": "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
+        cat: "org.apache.iceberg.spark.SparkCatalog",
+        f"{cat}.type": "jdbc",
+        f"{cat}.uri": settings.catalog_jdbc_uri,
+        f"{cat}.jdbc.schema-version": "V1",
+        f"{cat}.warehouse": settings.warehouse_uri,
+        "spark.sql.defaultCatalog": settings.catalog_name,
+        # Python workers must import the project's virtualenv, not the system interpreter.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.executor.memory": settings.spark_executor_memory,
+        "spark.ui.enabled": str(settings.spark_ui_enabled).lower(),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.streaming.minBatchesToRetain": "20",
+        "spark.sql.iceberg.handle-timestamp-without-timezone": "true",
+        "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONF}",
+        "spark.executor.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONF}",
+    }
+    if settings.catalog_is_sqlite:
+        # xerial's driver takes pragmas as connection properties: concurrent committers wait, not fail.
+        conf[f"{cat}.jdbc.busy_timeout"] = "30000"
+    else:
+        if settings.catalog_user:
+            conf[f"{cat}.jdbc.user"] = settings.catalog_user
+        if settings.catalog_password:
+            conf[f"{cat}.jdbc.password"] = settings.catalog_password
+    if settings.warehouse_uri.startswith("s3"):
+        conf.update({
+            f"{cat}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
+            f"{cat}.s3.endpoint": settings.s3_endpoint,
+            f"{cat}.s3.path-style-access": "true",
+            f"{cat}.s3.access-key-id": settings.s3_access_key,
+            f"{cat}.s3.secret-access-key": settings.s3_secret_key,
+        })
+    return conf
+
+
+def local_environment(settings: Settings, env: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Process environment for a local-mode Spark driver: bind to loopback, the project's Python."""
+    if settings.spark_master.startswith("local"):
+        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    return env
+
+
+def session(settings: Settings, app_name: str) -> SparkSession:
+    """A SparkSession with the project's configuration (used by jobs and tests)."""
+    from pyspark.sql import SparkSession
+
+    local_environment(settings, os.environ)
+    builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
+    builder = builder.config("spark.jars", ",".join(jars(settings)))
+    for key, value in spark_conf(settings).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+@dataclass(frozen=True)
+class SubmitSpec:
+    """Everything one ``spark-submit`` needs; Airflow and the CLI both build from this."""
+
+    name: str
+    application: str
+    application_args: list[str]
+    conf: dict[str, str]
+    jars: list[str]
+    master: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def argv(self, spark_submit: str = "spark-submit") -> list[str]:
+        cmd = [spark_submit, "--master", self.master, "--name", self.name, "--jars", ",".join(self.jars)]
+        for key, value in self.conf.items():
+            cmd += ["--conf", f"{key}={value}"]
+        return cmd + [self.application, *self.application_args]
+
+
+JOBS = {"bronze": "bronze_job.py", "silver": "silver_job.py", "gold": "gold_job.py"}
+
+
+def submit_spec(settings: Settings, job: str, args: list[str] | None = None, name: str | None = None) -> SubmitSpec:
+    """The spark-submit of one job (``bronze``, ``silver``, ``gold``, ...) with its arguments."""
+    if job not in JOBS:
+        raise SettingsError(f"unknown Spark job {job!r}; expected one of {sorted(JOBS)}")
+    args = list(args or [])
+    return SubmitSpec(
+        name=name or "-".join(["lakehouse", job, *[a for a in args if not a.startswith("-")]]),
+        application=str(SPARK_JOBS_DIR / JOBS[job]),
+        application_args=args,
+        conf=spark_conf(settings),
+        jars=jars(settings),
+        master=settings.spark_master,
+        env=dict(local_environment(settings, settings.env())),
+    )
+
+
+def spark_submit_binary() -> str:
+    """The spark-submit of the pyspark installed next to this interpreter."""
+    candidate = Path(sys.executable).with_name("spark-submit")
+    if candidate.exists():
+        return str(candidate)
+    import pyspark
+
+    return str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
