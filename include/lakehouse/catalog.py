@@ -39,14 +39,35 @@ def sqlalchemy_uri(settings: Settings) -> str:
     raise SettingsError(f"LAKEHOUSE_CATALOG_URI={jdbc!r}: only jdbc:sqlite: and jdbc:postgresql: are supported")
 
 
+# Iceberg's JDBC catalog tables, schema version V1 (as Iceberg 1.10 creates them).
+_CATALOG_DDL = (
+    "CREATE TABLE IF NOT EXISTS iceberg_tables(catalog_name VARCHAR(255) NOT NULL,"
+    "table_namespace VARCHAR(255) NOT NULL,table_name VARCHAR(255) NOT NULL,metadata_location VARCHAR(1000),"
+    "previous_metadata_location VARCHAR(1000), iceberg_type VARCHAR(5),"
+    "PRIMARY KEY (catalog_name, table_namespace, table_name))",
+    "CREATE TABLE IF NOT EXISTS iceberg_namespace_properties(catalog_name VARCHAR(255) NOT NULL,"
+    "namespace VARCHAR(255) NOT NULL,property_key VARCHAR(255),property_value VARCHAR(1000),"
+    "PRIMARY KEY (catalog_name, namespace, property_key))",
+)
+
+
 def prepare_sqlite(settings: Settings) -> None:
-    """Create the SQLite catalog file in WAL mode (a persistent database setting)."""
+    """Create the SQLite catalog database in WAL mode with Iceberg's V1 catalog tables.
+
+    Spark is told not to initialize the catalog tables itself (``jdbc.init-catalog-tables=false``):
+    Iceberg's initialization leaves a metadata query open on a pooled connection, which in SQLite
+    pins that connection to an old read snapshot, so the Spark driver would never see commits by
+    other processes (and in rollback-journal mode would block their writes).
+    """
     if not settings.catalog_is_sqlite:
         return
     settings.catalog_db_path.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(settings.catalog_db_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     try:
         con.execute("PRAGMA journal_mode=WAL")
+        for ddl in _CATALOG_DDL:
+            con.execute(ddl)
+        con.commit()
     finally:
         con.close()
 

@@ -62,3 +62,23 @@ def all_tables(settings: Settings) -> list[str]:
 def qualified(settings: Settings, table: str) -> str:
     """Catalog-qualified table name for Spark."""
     return f"{settings.catalog_name}.{table}"
+
+
+# --- Airflow (issue 7): DAG ids, pool, connections, asset URIs -------------------------------
+BRONZE_DAG = "bronze_ingestion"
+SILVER_DAG = "silver_transformation"
+GOLD_DAG = "gold_aggregation"
+LAYER_DAGS = {"bronze": BRONZE_DAG, "silver": SILVER_DAG, "gold": GOLD_DAG}
+SILVER_REPLAY_DAG = "silver_replay"
+DLQ_REPLAY_DAG = "dlq_replay"
+# Pool bounding concurrent Spark applications (slots: settings.airflow_spark_pool_slots).
+SPARK_POOL = "lakehouse_spark"
+SPARK_CONN_ID = "spark_default"
+# Optional Airflow connection: when it exists, alerts are also POSTed to it as JSON.
+ALERTS_CONN_ID = "lakehouse_alerts"
+
+
+def asset_uri(settings: Settings, table: str) -> str:
+    """Airflow asset URI of an Iceberg table: ``iceberg://<catalog>/<namespace>/<table>``."""
+    namespace, _, name = table.rpartition(".")
+    return f"iceberg://{settings.catalog_name}/{namespace}/{name}"

@@ -105,6 +105,14 @@ class Settings:
     deadline_bronze_s: int = _doc("Deadline after queueing for a Bronze DAG run, seconds.", 90)
     deadline_silver_s: int = _doc("Deadline after queueing for a Silver DAG run, seconds.", 120)
     deadline_gold_s: int = _doc("Deadline after queueing for a Gold DAG run, seconds.", 180)
+    # --- Airflow orchestration (issue 7: task policy, alerts) ---------------------------------
+    airflow_task_retries: int = _doc("Retries of a layer task before it fails and alerts.", 2)
+    airflow_retry_delay_s: int = _doc("First retry delay of a layer task, seconds (doubles on each retry).", 15)
+    airflow_max_retry_delay_s: int = _doc("Upper bound of a layer task's retry delay, seconds.", 120)
+    airflow_task_timeout_s: int = _doc("execution_timeout of one layer Spark task, seconds.", 600)
+    airflow_replay_timeout_s: int = _doc("execution_timeout of a manual replay task (silver_replay, dlq_replay), seconds.",
+                                         3600)
+    alert_webhook_timeout_s: float = _doc("HTTP timeout of the alert webhook POST (connection 'lakehouse_alerts').", 10.0)
 
     # --- derived locations -------------------------------------------------------------------
     @property
@@ -238,6 +246,13 @@ def _validate(s: Settings) -> None:
         raise bad("producer_compression", "must be one of none, gzip, snappy, lz4, zstd")
     if s.catalog_uri and not s.catalog_uri.startswith("jdbc:"):
         raise bad("catalog_uri", "must be a JDBC URI such as jdbc:postgresql://host:5432/db")
+    # Airflow orchestration (issue 7)
+    for positive in ("airflow_task_retries", "airflow_retry_delay_s", "airflow_max_retry_delay_s",
+                     "airflow_task_timeout_s", "airflow_replay_timeout_s", "alert_webhook_timeout_s"):
+        if getattr(s, positive) <= 0:
+            raise bad(positive, "must be greater than zero")
+    if s.airflow_max_retry_delay_s < s.airflow_retry_delay_s:
+        raise bad("airflow_max_retry_delay_s", "must not be smaller than LAKEHOUSE_AIRFLOW_RETRY_DELAY_S")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lakehouse.catalog import prepare_sqlite
 from lakehouse.settings import REPO_ROOT, Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         f"{cat}.uri": settings.catalog_jdbc_uri,
         f"{cat}.jdbc.schema-version": "V1",
         f"{cat}.warehouse": settings.warehouse_uri,
+        # Other processes (pyiceberg, other jobs) commit to the same tables: always read fresh metadata.
+        f"{cat}.cache-enabled": "false",
         "spark.sql.defaultCatalog": settings.catalog_name,
         # Python workers must import the project's virtualenv, not the system interpreter.
         "spark.pyspark.python": sys.executable,
@@ -85,6 +88,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     if settings.catalog_is_sqlite:
         # xerial's driver takes pragmas as connection properties: concurrent committers wait, not fail.
         conf[f"{cat}.jdbc.busy_timeout"] = "30000"
+        # The catalog tables are created by lakehouse.catalog.prepare_sqlite (see why there).
+        conf[f"{cat}.jdbc.init-catalog-tables"] = "false"
     else:
         if settings.catalog_user:
             conf[f"{cat}.jdbc.user"] = settings.catalog_user
@@ -114,6 +119,7 @@ def session(settings: Settings, app_name: str) -> SparkSession:
     from pyspark.sql import SparkSession
 
     local_environment(settings, os.environ)
+    prepare_sqlite(settings)
     builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
     builder = builder.config("spark.jars", ",".join(jars(settings)))
     for key, value in spark_conf(settings).items():
