@@ -29,14 +29,20 @@ check-java:
 	@command -v java >/dev/null || { echo "Java 17 is required: apt-get install openjdk-17-jre-headless"; exit 1; }
 	@java -version 2>&1 | grep -qE 'version "(17|21)' || { echo "Java 17 is required (found: $$(java -version 2>&1 | head -1))"; exit 1; }
 
+POSTGRES_JDBC ?= /usr/share/java/postgresql.jar
+JDBC_PACKAGES := libxerial-sqlite-jdbc-java libpostgresql-jdbc-java
+
+# The SQLite driver is required (embedded catalog); the PostgreSQL one serves the production path
+# and its tests, which skip without it. Installed from Debian's packages when running as root.
 check-jdbc:
-	@test -f $(SQLITE_JDBC) || { \
+	@if [ ! -f $(SQLITE_JDBC) ] || [ ! -f $(POSTGRES_JDBC) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing the SQLite JDBC driver (libxerial-sqlite-jdbc-java)"; \
-	    (apt-get install -y -qq libxerial-sqlite-jdbc-java >/dev/null 2>&1 || \
-	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libxerial-sqlite-jdbc-java >/dev/null 2>&1)); \
+	    echo "installing JDBC drivers ($(JDBC_PACKAGES))"; \
+	    apt-get install -y -qq $(JDBC_PACKAGES) >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(JDBC_PACKAGES) >/dev/null 2>&1; } || true; \
 	  fi; \
-	  test -f $(SQLITE_JDBC) || { echo "SQLite JDBC driver missing: apt-get install libxerial-sqlite-jdbc-java"; exit 1; }; }
+	fi
+	@test -f $(SQLITE_JDBC) || { echo "SQLite JDBC driver missing: apt-get install libxerial-sqlite-jdbc-java"; exit 1; }
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

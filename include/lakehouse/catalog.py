@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+class CatalogUnavailableError(RuntimeError):
+    """The catalog database cannot be reached; the message names the setting to check."""
+
+
 def sqlalchemy_uri(settings: Settings) -> str:
     """Translate the catalog's JDBC URI into the SQLAlchemy URI pyiceberg needs."""
     jdbc = settings.catalog_jdbc_uri
@@ -51,31 +55,44 @@ _CATALOG_DDL = (
 )
 
 
-def prepare_sqlite(settings: Settings) -> None:
-    """Create the SQLite catalog database in WAL mode with Iceberg's V1 catalog tables.
+def prepare_catalog_db(settings: Settings) -> None:
+    """Create Iceberg's V1 catalog tables (and, for SQLite, the database file in WAL mode).
 
-    Spark is told not to initialize the catalog tables itself (``jdbc.init-catalog-tables=false``):
-    Iceberg's initialization leaves a metadata query open on a pooled connection, which in SQLite
-    pins that connection to an old read snapshot, so the Spark driver would never see commits by
-    other processes (and in rollback-journal mode would block their writes).
+    Spark is told not to initialize the catalog tables itself (``jdbc.init-catalog-tables=false``
+    for SQLite): Iceberg's initialization leaves a metadata query open on a pooled connection,
+    which in SQLite pins that connection to an old read snapshot, so the Spark driver would never
+    see commits by other processes (and in rollback-journal mode would block their writes).
+    Creating the tables here also gives pyiceberg and Spark the same schema on PostgreSQL.
     """
-    if not settings.catalog_is_sqlite:
+    if settings.catalog_is_sqlite:
+        settings.catalog_db_path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(settings.catalog_db_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            for ddl in _CATALOG_DDL:
+                con.execute(ddl)
+            con.commit()
+        finally:
+            con.close()
         return
-    settings.catalog_db_path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(settings.catalog_db_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(sqlalchemy_uri(settings))
     try:
-        con.execute("PRAGMA journal_mode=WAL")
-        for ddl in _CATALOG_DDL:
-            con.execute(ddl)
-        con.commit()
+        with engine.begin() as conn:
+            for ddl in _CATALOG_DDL:
+                conn.execute(sqlalchemy.text(ddl))
+    except sqlalchemy.exc.OperationalError as err:
+        raise CatalogUnavailableError(f"LAKEHOUSE_CATALOG_URI={settings.catalog_jdbc_uri!r}: catalog database unreachable: "
+                            f"{str(err.orig).strip().splitlines()[0]}") from err
     finally:
-        con.close()
+        engine.dispose()
 
 
 def load_catalog(settings: Settings) -> SqlCatalog:
     from pyiceberg.catalog.sql import SqlCatalog
 
-    prepare_sqlite(settings)
+    prepare_catalog_db(settings)
     props = {"uri": sqlalchemy_uri(settings), "warehouse": settings.warehouse_uri}
     if settings.s3_endpoint:
         props.update({"s3.endpoint": settings.s3_endpoint, "s3.access-key-id": settings.s3_access_key,

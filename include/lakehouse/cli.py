@@ -215,10 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Failures a user can fix from the message alone (a service down, a missing jar, a bad value)."""
     from lakehouse.broker import BrokerError
+    from lakehouse.catalog import CatalogUnavailableError
     from lakehouse.registry import RegistryError
     from lakehouse.spark import SparkSetupError
 
-    return (BrokerError, RegistryError, SparkSetupError, SettingsError)
+    return (BrokerError, CatalogUnavailableError, RegistryError, SparkSetupError, SettingsError)
 
 
 __all__ = ["CliError", "build_parser", "main", "to_json"]

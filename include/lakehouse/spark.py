@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lakehouse.catalog import prepare_sqlite
+from lakehouse.catalog import prepare_catalog_db
 from lakehouse.settings import REPO_ROOT, Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -43,15 +43,13 @@ def iceberg_runtime_jar() -> Path:
 
 def jars(settings: Settings) -> list[str]:
     out = [str(iceberg_runtime_jar())]
-    if settings.catalog_is_sqlite:
-        driver = settings.spark_sqlite_jdbc_jar
-        hint = "apt-get install libxerial-sqlite-jdbc-java"
-    else:
-        driver = settings.spark_postgres_jdbc_jar
-        hint = "apt-get install libpostgresql-jdbc-java"
-    if not driver.is_file():
-        raise SparkSetupError(f"JDBC driver {driver} not found: {hint}")
-    out.append(str(driver))
+    drivers = {settings.spark_sqlite_jdbc_jar: "libxerial-sqlite-jdbc-java",
+               settings.spark_postgres_jdbc_jar: "libpostgresql-jdbc-java"}
+    needed = settings.spark_sqlite_jdbc_jar if settings.catalog_is_sqlite else settings.spark_postgres_jdbc_jar
+    if not needed.is_file():
+        raise SparkSetupError(f"JDBC driver {needed} not found: apt-get install {drivers[needed]}")
+    # Both drivers when present, so one JVM can open an embedded and a production catalog.
+    out += [str(jar) for jar in drivers if jar.is_file()]
     out += list(settings.spark_extra_jars)
     return out
 
@@ -88,7 +86,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     if settings.catalog_is_sqlite:
         # xerial's driver takes pragmas as connection properties: concurrent committers wait, not fail.
         conf[f"{cat}.jdbc.busy_timeout"] = "30000"
-        # The catalog tables are created by lakehouse.catalog.prepare_sqlite (see why there).
+        # The catalog tables are created by lakehouse.catalog.prepare_catalog_db (see why there).
         conf[f"{cat}.jdbc.init-catalog-tables"] = "false"
     else:
         if settings.catalog_user:
@@ -119,7 +117,7 @@ def session(settings: Settings, app_name: str) -> SparkSession:
     from pyspark.sql import SparkSession
 
     local_environment(settings, os.environ)
-    prepare_sqlite(settings)
+    prepare_catalog_db(settings)
     builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
     builder = builder.config("spark.jars", ",".join(jars(settings)))
     for key, value in spark_conf(settings).items():
