@@ -82,3 +82,24 @@ def asset_uri(settings: Settings, table: str) -> str:
     """Airflow asset URI of an Iceberg table: ``iceberg://<catalog>/<namespace>/<table>``."""
     namespace, _, name = table.rpartition(".")
     return f"iceberg://{settings.catalog_name}/{namespace}/{name}"
+
+
+# --- Bronze (issue 4) --------------------------------------------------------------------------
+# Prefix of the Iceberg branch each Bronze run writes to before fast-forwarding main onto it.
+BRONZE_BRANCH_PREFIX = "bronze_run_"
+
+
+def bronze_reader_group(exchange: str) -> str:
+    """group.id of Bronze's assign-only readers (librdkafka needs one; they never commit)."""
+    return f"lakehouse-bronze-{exchange}-reader"
+
+
+# --- Gold (issue 6) ----------------------------------------------------------------------------
+
+# Scratch table of the Gold benchmark's floor (a plain append of the same rows, no dedupe).
+BENCH_GOLD_FLOOR_TABLE = f"{NAMESPACE}.bench_gold_floor"
+
+
+def gold_checkpoint(settings: Settings, exchange: str) -> str:
+    """Checkpoint of Gold's stream over one exchange's Silver table (one per source, see gold.job)."""
+    return checkpoint(settings, "gold", f"silver_{exchange}")

@@ -113,7 +113,44 @@ class Settings:
     airflow_replay_timeout_s: int = _doc("execution_timeout of a manual replay task (silver_replay, dlq_replay), seconds.",
                                          3600)
     alert_webhook_timeout_s: float = _doc("HTTP timeout of the alert webhook POST (connection 'lakehouse_alerts').", 10.0)
+    # --- Bronze ingestion (issue 4) -------------------------------------------------------------
+    bronze_kafka_timeout_s: float = _doc("Bronze fails when Kafka makes no progress for this long (planning and reading).",
+                                         60.0)
+    bronze_branch_ttl_s: int = _doc("Age after which a killed Bronze run's leftover Iceberg branch is dropped, seconds.",
+                                    600)
+    bronze_crash_point: str = _doc("Fault injection for kill tests: SIGKILL the Bronze job at before_write, after_write "
+                                   "or after_commit; empty means off.", "")
 
+    # --- Producers: live feeds, replay (issue 3) ----------------------------------------------
+    producer_binance_ws_url: str = _doc("Binance spot websocket base URL; the client appends /stream?streams=....",
+                                        "wss://stream.binance.com:9443")
+    producer_kraken_ws_url: str = _doc("Kraken spot WebSocket v2 URL.", "wss://ws.kraken.com/v2")
+    producer_binance_symbols: tuple[str, ...] = _doc("Binance symbols followed by 'lakehouse produce --live' by default.",
+                                                     ("btcusdt", "ethusdt"))
+    producer_kraken_symbols: tuple[str, ...] = _doc("Kraken symbols followed by 'lakehouse produce --live' by default.",
+                                                    ("BTC/USD", "ETH/USD"))
+    producer_binance_time_unit: str = _doc("timeUnit requested on Binance live streams: MILLISECOND or MICROSECOND.",
+                                           "MICROSECOND")
+    producer_binance_quotes: tuple[str, ...] = _doc(
+        "Quote assets a Binance symbol may end with; the longest matching suffix is the currency.",
+        ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USDP", "DAI", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL", "GBP",
+         "AUD", "JPY", "RUB", "UAH", "ZAR", "PLN", "RON", "ARS", "MXN", "COP", "CZK", "IDR", "BIDR", "IDRT",
+         "NGN", "XRP", "TRX", "DOGE", "DOT", "PAX", "AEUR", "EURI"))
+    producer_binance_max_connection_s: float = _doc(
+        "Age at which a Binance connection is replaced proactively (the server closes it at 24 h).", 84600.0)
+    producer_rollover_overlap_s: float = _doc(
+        "After a proactive reconnect, how long the old connection keeps reading next to the new one.", 5.0)
+    producer_reconnect_min_s: float = _doc("Reconnect backoff after the first failed attempt (doubles, with jitter).",
+                                           0.5)
+    producer_reconnect_max_s: float = _doc("Upper bound of the reconnect backoff.", 30.0)
+    producer_ping_interval_s: float = _doc("Websocket keepalive ping interval.", 20.0)
+    producer_ping_timeout_s: float = _doc("A ping without pong for this long closes the connection (then reconnect).",
+                                          20.0)
+    producer_open_timeout_s: float = _doc("Websocket connect and handshake timeout.", 10.0)
+    producer_dedupe_window: int = _doc(
+        "Live mode: recent message_ids remembered to drop repeats (Kraken snapshots, reconnect overlap).", 100_000)
+    producer_flush_timeout_s: float = _doc("How long shutdown waits for Kafka to acknowledge queued records.", 60.0)
+    producer_metrics_interval_s: float = _doc("How often producer counters are sent to StatsD, seconds.", 1.0)
     # --- derived locations -------------------------------------------------------------------
     @property
     def bootstrap_servers(self) -> str:
@@ -217,6 +254,10 @@ def _parse(name: str, raw: object, source: str) -> object:
         raise SettingsError(f"{source}={raw!r} is not a valid {getattr(kind, '__name__', kind)}: {err}") from err
 
 
+# Where the Bronze job may SIGKILL itself when LAKEHOUSE_BRONZE_CRASH_POINT is set (issue 4).
+BRONZE_CRASH_POINTS = ("", "before_write", "after_write", "after_commit")
+
+
 def _validate(s: Settings) -> None:
     def bad(name: str, why: str) -> SettingsError:
         return SettingsError(f"{ENV_PREFIX}{name.upper()}={getattr(s, name)!r}: {why}")
@@ -253,6 +294,29 @@ def _validate(s: Settings) -> None:
             raise bad(positive, "must be greater than zero")
     if s.airflow_max_retry_delay_s < s.airflow_retry_delay_s:
         raise bad("airflow_max_retry_delay_s", "must not be smaller than LAKEHOUSE_AIRFLOW_RETRY_DELAY_S")
+    # Bronze ingestion (issue 4)
+    for positive in ("bronze_kafka_timeout_s", "bronze_branch_ttl_s"):
+        if getattr(s, positive) <= 0:
+            raise bad(positive, "must be greater than zero")
+    if s.bronze_crash_point not in BRONZE_CRASH_POINTS:
+        raise bad("bronze_crash_point", f"must be empty or one of {', '.join(p for p in BRONZE_CRASH_POINTS if p)}")
+    # Producers (issue 3)
+    for positive in ("producer_binance_max_connection_s", "producer_rollover_overlap_s", "producer_reconnect_min_s",
+                     "producer_reconnect_max_s", "producer_ping_interval_s", "producer_ping_timeout_s",
+                     "producer_open_timeout_s", "producer_flush_timeout_s", "producer_metrics_interval_s"):
+        if getattr(s, positive) <= 0:
+            raise bad(positive, "must be greater than zero")
+    if s.producer_reconnect_max_s < s.producer_reconnect_min_s:
+        raise bad("producer_reconnect_max_s", "must not be smaller than LAKEHOUSE_PRODUCER_RECONNECT_MIN_S")
+    if s.producer_dedupe_window < 0:
+        raise bad("producer_dedupe_window", "must be zero (off) or positive")
+    if s.producer_binance_time_unit not in {"MILLISECOND", "MICROSECOND"}:
+        raise bad("producer_binance_time_unit", "must be MILLISECOND or MICROSECOND")
+    if not s.producer_binance_quotes or any(not q.isalnum() or q.upper() != q for q in s.producer_binance_quotes):
+        raise bad("producer_binance_quotes", "must be a non-empty list of upper-case asset codes")
+    for url_field in ("producer_binance_ws_url", "producer_kraken_ws_url"):
+        if not getattr(s, url_field).startswith(("ws://", "wss://")):
+            raise bad(url_field, "must be a ws:// or wss:// URL")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

@@ -13,9 +13,15 @@ from lakehouse.metrics import StatsD
 
 def test_json_log_lines_carry_extra_fields() -> None:
     stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
     configure_logging("INFO", json_logs=True, stream=stream)
-    logging.getLogger("lakehouse.test").info("batch %s done", 7, extra={"rows": 12, "offsets": {"0": 5}})
-    logging.getLogger("lakehouse.test").debug("hidden")
+    try:
+        logging.getLogger("lakehouse.test").info("batch %s done", 7, extra={"rows": 12, "offsets": {"0": 5}})
+        logging.getLogger("lakehouse.test").debug("hidden")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
     lines = stream.getvalue().strip().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])
