@@ -151,6 +151,12 @@ class Settings:
         "Live mode: recent message_ids remembered to drop repeats (Kraken snapshots, reconnect overlap).", 100_000)
     producer_flush_timeout_s: float = _doc("How long shutdown waits for Kafka to acknowledge queued records.", 60.0)
     producer_metrics_interval_s: float = _doc("How often producer counters are sent to StatsD, seconds.", 1.0)
+    # --- Silver: decode, validate, dead-letter, replay (issue 5) --------------------------------
+    silver_poll_interval_s: float = _doc("How often a Silver run checks whether it has reached the Bronze snapshot "
+                                         "that was current when it started, seconds.", 0.2)
+    silver_fault_injection: str = _doc("Fault injection for kill-and-retry tests: fail each Silver batch after_silver "
+                                       "(Silver written, DLQ not) or after_both (before the checkpoint commit); "
+                                       "empty means off.", "")
     # --- derived locations -------------------------------------------------------------------
     @property
     def bootstrap_servers(self) -> str:
@@ -258,6 +264,10 @@ def _parse(name: str, raw: object, source: str) -> object:
 BRONZE_CRASH_POINTS = ("", "before_write", "after_write", "after_commit")
 
 
+# Where a Silver batch fails on purpose when LAKEHOUSE_SILVER_FAULT_INJECTION is set (issue 5).
+SILVER_FAULT_POINTS = ("", "after_silver", "after_both")
+
+
 def _validate(s: Settings) -> None:
     def bad(name: str, why: str) -> SettingsError:
         return SettingsError(f"{ENV_PREFIX}{name.upper()}={getattr(s, name)!r}: {why}")
@@ -294,6 +304,11 @@ def _validate(s: Settings) -> None:
             raise bad(positive, "must be greater than zero")
     if s.airflow_max_retry_delay_s < s.airflow_retry_delay_s:
         raise bad("airflow_max_retry_delay_s", "must not be smaller than LAKEHOUSE_AIRFLOW_RETRY_DELAY_S")
+    # Silver (issue 5)
+    if s.silver_poll_interval_s <= 0:
+        raise bad("silver_poll_interval_s", "must be greater than zero")
+    if s.silver_fault_injection not in SILVER_FAULT_POINTS:
+        raise bad("silver_fault_injection", f"must be one of {', '.join(repr(p) for p in SILVER_FAULT_POINTS)}")
     # Bronze ingestion (issue 4)
     for positive in ("bronze_kafka_timeout_s", "bronze_branch_ttl_s"):
         if getattr(s, positive) <= 0:
