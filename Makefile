@@ -53,6 +53,13 @@ test-unit: setup
 bench: setup
 	$(PY) -m lakehouse.bench $(BENCH_ARGS)
 
+# The README's first command: install what is missing, then the embedded stack, replay producers
+# for every exchange and Airflow standalone with the layer DAGs unpaused, in the foreground.
+# Ctrl-C or SIGTERM stops every process it started. RUN_ARGS passes options to 'lakehouse run-all'.
+RUN_ARGS ?=
+run: setup
+	$(VENV)/bin/lakehouse run-all $(RUN_ARGS)
+
 up: setup
 	$(VENV)/bin/lakehouse up
 

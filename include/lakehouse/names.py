@@ -103,3 +103,9 @@ BENCH_GOLD_FLOOR_TABLE = f"{NAMESPACE}.bench_gold_floor"
 def gold_checkpoint(settings: Settings, exchange: str) -> str:
     """Checkpoint of Gold's stream over one exchange's Silver table (one per source, see gold.job)."""
     return checkpoint(settings, "gold", f"silver_{exchange}")
+
+
+# --- Silver (issue 5) ------------------------------------------------------------------------
+# Snapshot-summary key on every Silver and dead-letter append: "<streaming query id>:<batch id>",
+# so a retried micro-batch skips the table it already wrote.
+SILVER_BATCH_PROPERTY = "lakehouse.silver.batch"

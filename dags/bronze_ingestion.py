@@ -1,0 +1,46 @@
+"""
+### Bronze ingestion: Kafka -> `market_data.bronze_<exchange>_trades`, every minute
+
+One task per configured exchange (`LAKEHOUSE_EXCHANGES`). Each run reads the Kafka records that
+arrived since the last run (admission cap `LAKEHOUSE_BRONZE_MAX_RECORDS_PER_RUN`) and appends the
+raw bytes with their Kafka metadata. The consumed offsets are committed in the same Iceberg commit
+as the rows: a killed or retried run neither loses nor duplicates a record.
+
+**Deadline:** the run must finish within `LAKEHOUSE_DEADLINE_BRONZE_S` (default 90 s) of being
+queued, otherwise a `deadline_missed` alert goes out (alert log, StatsD `lakehouse.alerts`, and
+the `lakehouse_alerts` webhook when that connection exists).
+
+**When it fails**
+1. Open the failed task's log: the Spark driver output is in it.
+2. `lakehouse status` shows whether the broker is reachable and the topic's end offsets.
+3. "offsets lost to retention" errors mean unread Kafka data was deleted: it is recorded in
+   `market_data.pipeline_audit`; accept the loss deliberately with
+   `LAKEHOUSE_BRONZE_ACCEPT_DATA_LOSS=true` for one run.
+4. Fix the cause and *Clear* the task; `lakehouse run bronze --exchange <x>` runs the same job
+   from a shell.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG
+
+from lakehouse import names
+from lakehouse.orchestration.dags import EVERY_MINUTE, START_DATE, TAG, layer_deadline, spark_job_task, task_defaults
+from lakehouse.settings import load_settings
+
+settings = load_settings()
+
+with DAG(
+    dag_id=names.BRONZE_DAG,
+    description="Kafka -> Bronze, one Spark run per exchange per minute",
+    doc_md=__doc__,
+    schedule=EVERY_MINUTE,
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=task_defaults(settings, "bronze"),
+    deadline=layer_deadline(settings, "bronze"),
+    tags=[TAG, "bronze", "layer"],
+) as dag:
+    for exchange in settings.exchanges:
+        spark_job_task(settings, "bronze", exchange)

@@ -1,0 +1,124 @@
+"""Building blocks of the lakehouse DAGs: task policy, deadlines, assets and task factories.
+
+DAG files in ``dags/`` only declare: they read the settings (environment and config file only, no
+network), then combine these helpers. Everything a policy test checks (owner, retries, timeout,
+pool, deadline, outlets) is decided here once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference
+
+from lakehouse import names
+from lakehouse.orchestration.alerts import DEADLINE_MISSED
+from lakehouse.orchestration.notify import LakehouseNotifier, failure_notifier
+from lakehouse.orchestration.operators import LakehouseCommandOperator, LakehouseSparkSubmitOperator
+from lakehouse.settings import Settings
+
+OWNER = "lakehouse"
+EVERY_MINUTE = "* * * * *"
+# Any fixed past date: with catchup off only the latest interval is ever scheduled.
+START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+TAG = "lakehouse"
+# Params of the manual DAGs end up as argv entries of the ``lakehouse`` CLI: both patterns start
+# with a digit or letter, so a value can never be read as an option.
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+ERROR_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$"
+
+
+def deadline_seconds(settings: Settings, layer: str) -> int:
+    """The layer's deadline after its run was queued (LAKEHOUSE_DEADLINE_<LAYER>_S)."""
+    try:
+        return int(getattr(settings, f"deadline_{layer}_s"))
+    except AttributeError as err:
+        raise ValueError(f"no deadline setting for layer {layer!r}; expected one of {names.LAYERS}") from err
+
+
+def layer_deadline(settings: Settings, layer: str) -> DeadlineAlert:
+    """Deadline alert: the run must finish within the layer's interval after it is queued.
+
+    The callback runs in the triggerer (``AsyncCallback``, the path Airflow recommends, independent
+    of the executor) through the same notifier as task failures.
+    """
+    seconds = deadline_seconds(settings, layer)
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(seconds=seconds),
+        callback=AsyncCallback(LakehouseNotifier, kwargs={"event": DEADLINE_MISSED, "layer": layer,
+                                                          "deadline_s": seconds}),
+        name=f"{layer} run finished within {seconds}s of being queued",
+    )
+
+
+def task_defaults(settings: Settings, layer: str | None, timeout_s: int | None = None) -> dict[str, Any]:
+    """``default_args`` of every lakehouse task: owner, retries with exponential backoff, timeout,
+    the Spark pool, and the failure alert."""
+    return {
+        "owner": OWNER,
+        "retries": settings.airflow_task_retries,
+        "retry_delay": dt.timedelta(seconds=settings.airflow_retry_delay_s),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": dt.timedelta(seconds=settings.airflow_max_retry_delay_s),
+        "execution_timeout": dt.timedelta(seconds=timeout_s or settings.airflow_task_timeout_s),
+        "pool": names.SPARK_POOL,
+        "on_failure_callback": failure_notifier(layer),
+    }
+
+
+def table_asset(settings: Settings, table: str) -> Asset:
+    """The Airflow asset of an Iceberg table (name = catalog-qualified table, URI from lakehouse.names)."""
+    return Asset(name=names.qualified(settings, table), uri=names.asset_uri(settings, table), group="lakehouse")
+
+
+def layer_tables(settings: Settings, layer: str, exchange: str | None = None) -> list[str]:
+    """Tables a layer job writes: its lineage in the Airflow UI."""
+    if layer == "bronze":
+        return [names.bronze_table(_required(exchange, layer)), names.AUDIT_TABLE]
+    if layer == "silver":
+        return [names.silver_table(_required(exchange, layer)), names.DLQ_TABLE]
+    if layer == "gold":
+        return [names.GOLD_TABLE, names.OHLCV_TABLE]
+    raise ValueError(f"unknown layer {layer!r}; expected one of {names.LAYERS}")
+
+
+def _required(exchange: str | None, layer: str) -> str:
+    if not exchange:
+        raise ValueError(f"the {layer} layer runs per exchange: pass exchange=")
+    return exchange
+
+
+_TASK_DOC = """\
+Runs the **{layer}** Spark job{for_exchange} through `spark-submit` (`spark_default` connection,
+pool `{pool}`), built by `lakehouse.spark.submit_spec`; the same command as
+`lakehouse run {layer}{exchange_arg}` from a shell.
+
+Writes: {tables}.
+
+On failure: read this task's log (the Spark driver output is in it), fix the cause, then
+*Clear* the task; runs are idempotent, so a retry neither loses nor duplicates rows.
+"""
+
+
+def spark_job_task(settings: Settings, layer: str, exchange: str | None = None) -> LakehouseSparkSubmitOperator:
+    """One Spark task of a layer DAG (per exchange for Bronze and Silver)."""
+    tables = layer_tables(settings, layer, exchange)
+    job_args = ["--exchange", exchange] if exchange else []
+    return LakehouseSparkSubmitOperator(
+        task_id=f"{layer}_{exchange}" if exchange else layer,
+        job=layer,
+        job_args=job_args,
+        outlets=[table_asset(settings, t) for t in tables],
+        doc_md=_TASK_DOC.format(layer=layer, for_exchange=f" for `{exchange}`" if exchange else "",
+                                exchange_arg=f" --exchange {exchange}" if exchange else "",
+                                pool=names.SPARK_POOL, tables=", ".join(f"`{t}`" for t in tables)),
+    )
+
+
+def command_task(task_id: str, arguments: list[str], tables: list[str], settings: Settings,
+                 doc_md: str) -> LakehouseCommandOperator:
+    """A task running ``lakehouse <arguments>`` (manual operations such as replays)."""
+    return LakehouseCommandOperator(task_id=task_id, arguments=arguments, doc_md=doc_md,
+                                    outlets=[table_asset(settings, t) for t in tables])

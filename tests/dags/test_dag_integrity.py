@@ -1,0 +1,175 @@
+"""DAG integrity and policy: every DAG imports cleanly (no network, no database at import time) and
+carries the policy the product promises (tags, owner, retries with backoff, timeout, pool,
+deadline, failure alert, lineage)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow_fixtures import airflow_home, dagbag  # noqa: F401 - fixtures
+
+from lakehouse import names
+from lakehouse.orchestration.environment import DAGS_FOLDER
+from lakehouse.settings import load_settings
+
+LAYER_DAGS = {names.BRONZE_DAG: "bronze", names.SILVER_DAG: "silver", names.GOLD_DAG: "gold"}
+MANUAL_DAGS = {names.SILVER_REPLAY_DAG, names.DLQ_REPLAY_DAG}
+NOTIFIER = "lakehouse.orchestration.notify.LakehouseNotifier"
+
+# Runs in a fresh interpreter: every way to reach the network or a database raises, then each DAG
+# file is executed the way the DAG processor does (as a script) and its DAG ids are reported.
+_GUARDED_IMPORT = r"""
+import json, runpy, socket, sqlite3, sys
+
+class Forbidden(RuntimeError):
+    pass
+
+def deny(*args, **kwargs):
+    raise Forbidden("network or database access while importing a DAG file")
+
+socket.socket.connect = deny
+socket.socket.connect_ex = deny
+socket.create_connection = deny
+socket.getaddrinfo = deny
+sqlite3.connect = deny
+import psycopg2
+psycopg2.connect = deny
+import sqlalchemy.engine
+sqlalchemy.engine.Engine.connect = deny
+sqlalchemy.engine.Engine.raw_connection = deny
+
+from airflow.sdk import DAG
+
+found = {}
+for path in sys.argv[1:]:
+    namespace = runpy.run_path(path, run_name="dag_file")
+    found[path] = sorted(v.dag_id for v in namespace.values() if isinstance(v, DAG))
+print("RESULT " + json.dumps(found))
+"""
+
+
+def _dag_files() -> list[Path]:
+    return sorted(DAGS_FOLDER.glob("*.py"))
+
+
+def test_dag_files_import_without_network_or_database(tmp_path: Path) -> None:
+    env = {"PATH": str(Path(sys.executable).parent), "AIRFLOW_HOME": str(tmp_path / "airflow"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "LAKEHOUSE_HOME": str(tmp_path / "home"),
+           # A database URL that would fail if anything tried to use it.
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/missing/dir/airflow.db"}
+    done = subprocess.run([sys.executable, "-c", _GUARDED_IMPORT, *map(str, _dag_files())], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert {dag_id for ids in result.values() for dag_id in ids} == set(LAYER_DAGS) | MANUAL_DAGS
+    assert all(len(ids) == 1 for ids in result.values()), result
+
+
+def test_dagbag_loads_every_dag_without_errors(dagbag: Any) -> None:  # noqa: F811
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == set(LAYER_DAGS) | MANUAL_DAGS
+
+
+def test_every_dag_has_tags_owner_docs_retries_timeout_pool_and_failure_alert(dagbag: Any) -> None:  # noqa: F811
+    settings = load_settings()
+    for dag in dagbag.dags.values():
+        assert "lakehouse" in dag.tags, dag.dag_id
+        assert "When it fails" in (dag.doc_md or ""), dag.dag_id
+        assert dag.catchup is False and dag.max_active_runs == 1, dag.dag_id
+        assert dag.tasks, dag.dag_id
+        for task in dag.tasks:
+            where = f"{dag.dag_id}.{task.task_id}"
+            assert task.owner == "lakehouse", where
+            assert task.retries == settings.airflow_task_retries >= 1, where
+            assert task.retry_exponential_backoff > 1, where
+            assert task.max_retry_delay == dt.timedelta(seconds=settings.airflow_max_retry_delay_s), where
+            assert task.execution_timeout is not None and task.execution_timeout > dt.timedelta(0), where
+            assert task.pool == names.SPARK_POOL, where
+            assert task.doc_md, where
+            callbacks = task.on_failure_callback
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            assert [f"{type(c).__module__}.{type(c).__name__}" for c in callbacks] == [NOTIFIER], where
+            assert callbacks[0].event == "task_failed", where
+
+
+def test_layer_dags_run_every_minute_with_a_deadline_from_settings(dagbag: Any) -> None:  # noqa: F811
+    from airflow.sdk import AsyncCallback, DeadlineReference
+
+    settings = load_settings()
+    for dag_id, layer in LAYER_DAGS.items():
+        dag = dagbag.dags[dag_id]
+        assert dag.schedule == "* * * * *", dag_id
+        assert layer in dag.tags, dag_id
+        assert dag.task_dict[next(iter(dag.task_dict))].execution_timeout == dt.timedelta(
+            seconds=settings.airflow_task_timeout_s)
+        [deadline] = dag.deadline
+        assert deadline.reference == DeadlineReference.DAGRUN_QUEUED_AT, dag_id
+        assert deadline.interval == dt.timedelta(seconds=getattr(settings, f"deadline_{layer}_s")), dag_id
+        assert isinstance(deadline.callback, AsyncCallback), dag_id
+        assert deadline.callback.path == NOTIFIER, dag_id
+        assert deadline.callback.kwargs["event"] == "deadline_missed", dag_id
+        assert deadline.callback.kwargs["layer"] == layer, dag_id
+
+
+def test_default_deadlines_are_90s_2min_3min(dagbag: Any) -> None:  # noqa: F811
+    intervals = {dag_id: dagbag.dags[dag_id].deadline[0].interval for dag_id in LAYER_DAGS}
+    assert intervals == {names.BRONZE_DAG: dt.timedelta(seconds=90), names.SILVER_DAG: dt.timedelta(minutes=2),
+                         names.GOLD_DAG: dt.timedelta(minutes=3)}
+
+
+def test_manual_dags_are_unscheduled_and_have_no_deadline(dagbag: Any) -> None:  # noqa: F811
+    for dag_id in MANUAL_DAGS:
+        dag = dagbag.dags[dag_id]
+        assert dag.schedule is None and not dag.timetable.can_be_scheduled, dag_id
+        assert not dag.deadline, dag_id
+        assert "manual" in dag.tags, dag_id
+
+
+def test_one_spark_task_per_exchange_writing_its_tables_as_assets(dagbag: Any) -> None:  # noqa: F811
+    from lakehouse.orchestration.operators import LakehouseSparkSubmitOperator
+
+    settings = load_settings()
+    expected = {
+        names.BRONZE_DAG: {f"bronze_{ex}": {names.bronze_table(ex), names.AUDIT_TABLE} for ex in settings.exchanges},
+        names.SILVER_DAG: {f"silver_{ex}": {names.silver_table(ex), names.DLQ_TABLE} for ex in settings.exchanges},
+        names.GOLD_DAG: {"gold": {names.GOLD_TABLE, names.OHLCV_TABLE}},
+    }
+    for dag_id, tasks in expected.items():
+        dag = dagbag.dags[dag_id]
+        assert set(dag.task_ids) == set(tasks), dag_id
+        for task_id, tables in tasks.items():
+            task = dag.task_dict[task_id]
+            assert isinstance(task, LakehouseSparkSubmitOperator)
+            assert task._conn_id == names.SPARK_CONN_ID
+            assert task.job == LAYER_DAGS[dag_id]
+            exchange = task_id.split("_", 1)[1] if "_" in task_id else None
+            assert task.job_args == (["--exchange", exchange] if exchange else [])
+            assert {a.uri for a in task.outlets} == {names.asset_uri(settings, t) for t in tables}, task_id
+            assert {a.name for a in task.outlets} == {names.qualified(settings, t) for t in tables}, task_id
+
+
+def test_tasks_are_generated_from_the_exchange_setting(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from airflow.sdk import DAG
+
+    monkeypatch.setenv("LAKEHOUSE_EXCHANGES", "binance,kraken,coinbase")
+    for file, prefix in (("bronze_ingestion.py", "bronze"), ("silver_transformation.py", "silver")):
+        namespace = runpy.run_path(str(DAGS_FOLDER / file), run_name="dag_file")
+        [dag] = [v for v in namespace.values() if isinstance(v, DAG)]
+        assert set(dag.task_ids) == {f"{prefix}_binance", f"{prefix}_kraken", f"{prefix}_coinbase"}
+
+
+def test_deadline_interval_follows_the_setting(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from airflow.sdk import DAG
+
+    monkeypatch.setenv("LAKEHOUSE_DEADLINE_GOLD_S", "45")
+    namespace = runpy.run_path(str(DAGS_FOLDER / "gold_aggregation.py"), run_name="dag_file")
+    [dag] = [v for v in namespace.values() if isinstance(v, DAG)]
+    assert dag.deadline[0].interval == dt.timedelta(seconds=45)
+    assert dag.deadline[0].callback.kwargs["deadline_s"] == 45

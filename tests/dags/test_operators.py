@@ -1,0 +1,127 @@
+"""The operators: Airflow submits exactly what ``lakehouse run`` submits; manual DAGs turn params
+into ``lakehouse`` argv entries, validated, never shell text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow_fixtures import airflow_home, dagbag  # noqa: F401 - fixtures
+
+from lakehouse import names
+from lakehouse.orchestration.environment import spark_connection
+from lakehouse.settings import load_settings
+from lakehouse.spark import spark_submit_binary, submit_spec
+
+
+def _parse_submit(argv: list[str]) -> dict[str, Any]:
+    """spark-submit argv -> options (conf as a dict) and the application with its arguments."""
+    out: dict[str, Any] = {"binary": argv[0], "conf": {}}
+    i = 1
+    while i < len(argv) and argv[i].startswith("--"):
+        key, value = argv[i], argv[i + 1]
+        if key == "--conf":
+            k, _, v = value.partition("=")
+            out["conf"][k] = v
+        else:
+            out[key] = value
+        i += 2
+    out["application"] = argv[i]
+    out["args"] = argv[i + 1:]
+    return out
+
+
+@pytest.mark.parametrize(("dag_id", "task_id", "job", "job_args"), [
+    (names.BRONZE_DAG, "bronze_kraken", "bronze", ["--exchange", "kraken"]),
+    (names.SILVER_DAG, "silver_binance", "silver", ["--exchange", "binance"]),
+    (names.GOLD_DAG, "gold", "gold", []),
+])
+def test_spark_task_submits_exactly_what_lakehouse_run_submits(dagbag: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                              dag_id: str, task_id: str, job: str,
+                                                              job_args: list[str]) -> None:
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    settings = load_settings()
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", spark_connection(settings))
+    captured: dict[str, Any] = {}
+
+    def fake_submit(hook: SparkSubmitHook, application: str = "", **kwargs: Any) -> None:
+        captured["argv"] = hook._build_spark_submit_command(application)
+        captured["env"] = hook._env
+
+    monkeypatch.setattr(SparkSubmitHook, "submit", fake_submit)
+    task = dagbag.dags[dag_id].task_dict[task_id]
+    task.execute(context={})
+
+    spec = submit_spec(settings, job, job_args)
+    airflow = _parse_submit(captured["argv"])
+    cli = _parse_submit(spec.argv(spark_submit_binary()))
+    assert airflow == cli
+    assert airflow["--master"] == settings.spark_master == "local[*]"
+    assert airflow["args"] == job_args
+    assert captured["env"] == spec.env
+
+
+def test_silver_replay_renders_params_into_cli_arguments(dagbag: Any) -> None:  # noqa: F811
+    dag = dagbag.dags[names.SILVER_REPLAY_DAG]
+    task = dag.task_dict["replay_silver"]
+    params = {"exchange": "kraken", "from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z"}
+    task.render_template_fields({"params": params, "dag": dag})
+    assert task.arguments == ["replay", "silver", "--exchange", "kraken",
+                              "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T01:00:00Z"]
+
+
+def test_dlq_replay_renders_the_error_type(dagbag: Any) -> None:  # noqa: F811
+    dag = dagbag.dags[names.DLQ_REPLAY_DAG]
+    task = dag.task_dict["replay_dlq"]
+    task.render_template_fields({"params": {"error_type": "unknown_schema"}, "dag": dag})
+    assert task.arguments == ["dlq", "replay", "--error-type", "unknown_schema"]
+
+
+@pytest.mark.parametrize(("dag_id", "param", "value"), [
+    (names.SILVER_REPLAY_DAG, "from", "--help"),
+    (names.SILVER_REPLAY_DAG, "to", "yesterday; rm -rf /"),
+    (names.SILVER_REPLAY_DAG, "exchange", "nasdaq"),
+    (names.DLQ_REPLAY_DAG, "error_type", "--all"),
+    (names.DLQ_REPLAY_DAG, "error_type", "a b"),
+])
+def test_manual_dag_params_reject_values_that_are_not_data(dagbag: Any, dag_id: str, param: str,  # noqa: F811
+                                                           value: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dagbag.dags[dag_id].params.get_param(param).resolve(value)
+
+
+@pytest.mark.parametrize(("dag_id", "param", "value"), [
+    (names.SILVER_REPLAY_DAG, "from", "2026-01-01T00:00:00Z"),
+    (names.SILVER_REPLAY_DAG, "to", "2026-01-01 12:30:00.123456+02:00"),
+    (names.SILVER_REPLAY_DAG, "from", "2026-01-01"),
+    (names.SILVER_REPLAY_DAG, "exchange", "kraken"),
+    (names.DLQ_REPLAY_DAG, "error_type", "invalid_price"),
+])
+def test_manual_dag_params_accept_timestamps_and_known_names(dagbag: Any, dag_id: str, param: str,  # noqa: F811
+                                                             value: str) -> None:
+    assert dagbag.dags[dag_id].params.get_param(param).resolve(value) == value
+
+
+def test_command_operator_runs_the_lakehouse_cli_and_logs_its_output(airflow_home: Path,  # noqa: F811
+                                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    from lakehouse.orchestration.operators import LakehouseCommandOperator
+
+    task = LakehouseCommandOperator(task_id="config", arguments=["config", "--json"])
+    task.execute(context={})
+    # The command's own output (settings as JSON) went through the task logger.
+    assert json.dumps({"home": str(load_settings().home)})[1:-1] in capfd.readouterr().out
+
+
+def test_command_operator_fails_the_task_on_a_non_zero_exit(airflow_home: Path) -> None:  # noqa: F811
+    from airflow.sdk.exceptions import AirflowException
+
+    from lakehouse.orchestration.operators import LakehouseCommandOperator
+
+    task = LakehouseCommandOperator(task_id="bad", arguments=["run", "bronze", "--exchange", "nasdaq"])
+    with pytest.raises(AirflowException, match="exited with code 2"):
+        task.execute(context={})
