@@ -1,0 +1,226 @@
+"""Pure planning of one Bronze run: committed offsets + watermarks -> offset ranges and losses.
+
+Nothing here talks to Kafka, Iceberg or Spark, so every rule (data-loss detection, fair
+admission control, task splitting, the offsets stored in the snapshot summary) is unit tested
+on plain values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Kinds of data loss a plan can detect.
+RETENTION_GAP = "retention_gap"
+OFFSETS_RESET = "offsets_reset"
+
+
+class OffsetsFormatError(ValueError):
+    """A snapshot's offsets property is not the JSON Bronze writes."""
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    """One partition's readable range at planning time: ``[low, end)`` with ``end`` the true end."""
+
+    low: int
+    end: int
+
+
+@dataclass(frozen=True)
+class OffsetRange:
+    """Records ``[start, end)`` of one partition; one Spark task reads one range."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class DataLoss:
+    """Offsets Bronze can never read: deleted by retention, or the topic went backwards (recreated).
+
+    ``committed`` is the next offset Bronze expected; ``low``/``end`` the partition's readable range.
+    """
+
+    topic: str
+    partition: int
+    kind: str
+    committed: int
+    low: int
+    end: int
+
+    @property
+    def missing(self) -> tuple[int, int]:
+        """The offsets lost: ``[committed, low)`` for a gap; for a reset, the committed offsets
+        that no longer exist, ``[end, committed)`` (new records ``[low, end)`` are read on acceptance)."""
+        if self.kind == RETENTION_GAP:
+            return self.committed, self.low
+        return self.end, self.committed
+
+    @property
+    def records(self) -> int:
+        lo, hi = self.missing
+        return max(0, hi - lo)
+
+    def describe(self) -> str:
+        lo, hi = self.missing
+        if self.kind == RETENTION_GAP:
+            return (f"{self.topic} partition {self.partition}: offsets [{lo}, {hi}) were deleted by retention "
+                    f"before Bronze read them")
+        return (f"{self.topic} partition {self.partition}: committed offset {self.committed} is beyond the end "
+                f"offset {self.end}, offsets [{lo}, {hi}) no longer exist (topic recreated or truncated)")
+
+    def as_dict(self) -> dict[str, object]:
+        lo, hi = self.missing
+        return {"topic": self.topic, "partition": self.partition, "kind": self.kind, "committed": self.committed,
+                "low": self.low, "end": self.end, "missing_from": lo, "missing_to": hi}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run reads and what it commits.
+
+    ``tasks`` are the ranges cut into pieces of at most ``bronze_records_per_task`` records;
+    :func:`group_tasks` packs them into Spark tasks once the number of slots is known.
+    ``next_offsets`` holds every partition (not only those that moved): it is written whole into
+    the snapshot summary, so any single Bronze snapshot is enough to resume.
+    """
+
+    topic: str
+    ranges: tuple[OffsetRange, ...]
+    tasks: tuple[OffsetRange, ...]
+    losses: tuple[DataLoss, ...]
+    next_offsets: dict[int, int]
+    available: int
+
+    @property
+    def records(self) -> int:
+        return sum(r.count for r in self.ranges)
+
+    @property
+    def changes_offsets(self) -> bool:
+        """Whether committing this plan moves any offset (otherwise the run writes no snapshot)."""
+        return bool(self.ranges) or bool(self.losses)
+
+
+def detect_losses(topic: str, committed: Mapping[int, int], marks: Mapping[int, Watermarks]) -> list[DataLoss]:
+    """Partitions whose committed offset is outside ``[low, end]``.
+
+    A partition Bronze never read counts as committed at 0 (Kafka's first offset), so records
+    that expired before the first run are reported too. A committed partition missing from the
+    topic (recreated with fewer partitions) is a reset to an empty partition.
+    """
+    losses = []
+    for partition in sorted(set(committed) | set(marks)):
+        mark = marks.get(partition, Watermarks(0, 0))
+        offset = committed.get(partition, 0)
+        if offset < mark.low:
+            losses.append(DataLoss(topic, partition, RETENTION_GAP, offset, mark.low, mark.end))
+        elif offset > mark.end:
+            losses.append(DataLoss(topic, partition, OFFSETS_RESET, offset, mark.low, mark.end))
+    return losses
+
+
+def allocate_fair(available: Mapping[int, int], cap: int) -> dict[int, int]:
+    """Split ``cap`` records across partitions max-min fairly (water filling).
+
+    Partitions with less than an equal share get all they have; the rest share what remains
+    equally, lower partition numbers taking the remainder, so no partition starves behind a
+    large backlog in another.
+    """
+    if cap < 0:
+        raise ValueError("cap must not be negative")
+    alloc = {p: 0 for p in available}
+    pending = sorted((p for p, n in available.items() if n > 0), key=lambda p: (available[p], p))
+    remaining = cap
+    while pending and remaining > 0:
+        share = remaining // len(pending)
+        smallest = pending[0]
+        if available[smallest] <= share:
+            alloc[smallest] = available[smallest]
+            remaining -= available[smallest]
+            pending.pop(0)
+            continue
+        extra = remaining - share * len(pending)
+        for p in sorted(pending):
+            alloc[p] = share + (1 if extra > 0 else 0)
+            extra -= 1
+        break
+    return alloc
+
+
+def split_tasks(ranges: list[OffsetRange], records_per_task: int) -> list[OffsetRange]:
+    """Cut each range into consecutive pieces of at most ``records_per_task`` records."""
+    if records_per_task <= 0:
+        raise ValueError("records_per_task must be greater than zero")
+    tasks = []
+    for r in ranges:
+        for start in range(r.start, r.end, records_per_task):
+            tasks.append(OffsetRange(r.topic, r.partition, start, min(r.end, start + records_per_task)))
+    return tasks
+
+
+def group_tasks(chunks: Sequence[OffsetRange], slots: int) -> list[tuple[OffsetRange, ...]]:
+    """Pack range pieces into Spark tasks: at most one piece per partition in a task, since one
+    consumer reads all of a task's partitions at once, and balanced by records (largest first,
+    each into the lightest task without that partition) over at least ``slots`` tasks."""
+    if not chunks:
+        return []
+    per_partition: dict[int, int] = {}
+    for c in chunks:
+        per_partition[c.partition] = per_partition.get(c.partition, 0) + 1
+    count = min(len(chunks), max(slots, max(per_partition.values())))
+    groups: list[list[OffsetRange]] = [[] for _ in range(count)]
+    totals = [0] * count
+    for chunk in sorted(chunks, key=lambda c: (-c.count, c.partition, c.start)):
+        free = [i for i in range(count) if all(c.partition != chunk.partition for c in groups[i])]
+        best = min(free, key=lambda i: (totals[i], i))
+        groups[best].append(chunk)
+        totals[best] += chunk.count
+    return [tuple(sorted(g, key=lambda c: c.partition)) for g in groups if g]
+
+
+def plan_run(topic: str, committed: Mapping[int, int], marks: Mapping[int, Watermarks], *,
+             max_records: int, records_per_task: int, accept_loss: bool) -> Plan:
+    """Plan a run from the committed offsets to the end offsets seen at start.
+
+    Losses are returned in the plan either way; the caller fails the run unless ``accept_loss``.
+    With ``accept_loss`` a lost partition restarts at its low watermark (the first offset that
+    still exists), which is where Kafka's ``auto.offset.reset=earliest`` would put a consumer.
+    """
+    losses = detect_losses(topic, committed, marks)
+    starts = {p: committed.get(p, 0) for p in marks}
+    if accept_loss:
+        for loss in losses:
+            if loss.partition in marks:
+                starts[loss.partition] = marks[loss.partition].low
+    lost = {loss.partition for loss in losses}
+    available = {p: (0 if p in lost and not accept_loss else max(0, marks[p].end - starts[p])) for p in marks}
+    alloc = allocate_fair(available, max_records)
+    ranges = [OffsetRange(topic, p, starts[p], starts[p] + n) for p, n in sorted(alloc.items()) if n > 0]
+    next_offsets = {p: starts[p] + alloc[p] for p in sorted(marks)}
+    return Plan(topic=topic, ranges=tuple(ranges), tasks=tuple(split_tasks(ranges, records_per_task)),
+                losses=tuple(losses), next_offsets=next_offsets, available=sum(available.values()))
+
+
+# --- the offsets property in the snapshot summary ------------------------------------------------
+
+def encode_offsets(topic: str, next_offsets: Mapping[int, int]) -> str:
+    """JSON ``{topic: {partition: next offset}}`` written into the snapshot summary."""
+    return json.dumps({topic: {str(p): int(o) for p, o in sorted(next_offsets.items())}}, separators=(",", ":"))
+
+
+def decode_offsets(raw: str, topic: str) -> dict[int, int]:
+    """The next offsets of ``topic`` from a snapshot's property (empty if the topic is absent)."""
+    try:
+        data = json.loads(raw)
+        return {int(p): int(o) for p, o in data.get(topic, {}).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise OffsetsFormatError(f"unreadable Bronze offsets property {raw[:200]!r}: {err}") from err
