@@ -150,7 +150,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 # Modules contributing sub-commands: each defines ``add_commands(subparsers)`` whose parsers set
 # ``func`` to a handler ``(args, settings) -> exit code``.
-COMMAND_MODULES: tuple[str, ...] = ("lakehouse.orchestration.cli", "lakehouse.producer.cli")
+COMMAND_MODULES: tuple[str, ...] = ("lakehouse.orchestration.cli", "lakehouse.producer.cli", "lakehouse.silver.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -152,6 +152,8 @@ class Settings:
     producer_flush_timeout_s: float = _doc("How long shutdown waits for Kafka to acknowledge queued records.", 60.0)
     producer_metrics_interval_s: float = _doc("How often producer counters are sent to StatsD, seconds.", 1.0)
     # --- Silver: decode, validate, dead-letter, replay (issue 5) --------------------------------
+    silver_max_rows_per_batch: int = _doc("Admission cap of Silver micro-batches in Bronze rows (soft: whole files), "
+                                          "next to silver_max_files_per_batch.", 2_000_000)
     silver_poll_interval_s: float = _doc("How often a Silver run checks whether it has reached the Bronze snapshot "
                                          "that was current when it started, seconds.", 0.2)
     silver_fault_injection: str = _doc("Fault injection for kill-and-retry tests: fail each Silver batch after_silver "
@@ -305,8 +307,9 @@ def _validate(s: Settings) -> None:
     if s.airflow_max_retry_delay_s < s.airflow_retry_delay_s:
         raise bad("airflow_max_retry_delay_s", "must not be smaller than LAKEHOUSE_AIRFLOW_RETRY_DELAY_S")
     # Silver (issue 5)
-    if s.silver_poll_interval_s <= 0:
-        raise bad("silver_poll_interval_s", "must be greater than zero")
+    for positive in ("silver_max_rows_per_batch", "silver_poll_interval_s"):
+        if getattr(s, positive) <= 0:
+            raise bad(positive, "must be greater than zero")
     if s.silver_fault_injection not in SILVER_FAULT_POINTS:
         raise bad("silver_fault_injection", f"must be one of {', '.join(repr(p) for p in SILVER_FAULT_POINTS)}")
     # Bronze ingestion (issue 4)

@@ -1,0 +1,98 @@
+"""The Gold run: every configured exchange's Silver table read as an Iceberg stream, availableNow.
+
+One streaming query per Silver table, each with its own checkpoint, run one after the other in
+the same Spark application. A single query over the union of the streams cannot survive a change
+of the exchange list: Spark refuses a checkpoint whose number of sources differs ("There are [1]
+sources in the checkpoint offsets and now there are [2]"). With one checkpoint per source, adding
+an exchange to the settings starts its stream from the beginning of its Silver table and leaves the
+others where they were. Message ids are per exchange (UUIDv5 of exchange, symbol, trade id), so
+deduplicating per source loses nothing; running the queries sequentially keeps Gold single-writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from lakehouse import names
+from lakehouse.gold.writer import BatchStats, GoldBatchWriter
+from lakehouse.metrics import StatsD
+from lakehouse.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+class GoldRunError(RuntimeError):
+    """One or more Silver streams failed; the others were still processed."""
+
+
+def silver_stream(spark: SparkSession, settings: Settings, exchange: str) -> DataFrame:
+    """The Silver table of ``exchange`` as an Iceberg stream with Gold's admission cap."""
+    from pyspark.errors import AnalysisException
+
+    table = names.qualified(settings, names.silver_table(exchange))
+    try:
+        return (spark.readStream.format("iceberg")
+                .option("streaming-max-files-per-micro-batch", str(settings.gold_max_files_per_batch))
+                .load(table))
+    except AnalysisException as err:
+        raise GoldRunError(f"cannot read {table}: {str(err).splitlines()[0]} (run 'lakehouse up')") from err
+
+
+def run_source(spark: SparkSession, settings: Settings, exchange: str,
+               statsd: StatsD | None = None) -> list[BatchStats]:
+    """Process everything Silver of ``exchange`` held when the run started, in bounded batches."""
+    from pyspark.errors import StreamingQueryException
+
+    writer = GoldBatchWriter(settings, exchange, statsd)
+    query = (silver_stream(spark, settings, exchange).writeStream
+             .queryName(f"gold_{exchange}")
+             .option("checkpointLocation", names.gold_checkpoint(settings, exchange))
+             .trigger(availableNow=True)
+             .foreachBatch(writer)
+             .start())
+    try:
+        query.awaitTermination()
+    except StreamingQueryException as err:
+        cause: Exception = writer.failure or err
+        raise GoldRunError(f"{exchange}: {type(cause).__name__}: {str(cause).splitlines()[0]}") from cause
+    return writer.stats
+
+
+def run(spark: SparkSession, settings: Settings) -> list[BatchStats]:
+    """One Gold run over every configured exchange; raises :class:`GoldRunError` if any stream failed.
+
+    A failing source (for example a Silver snapshot the stream cannot read) does not starve the
+    others: they are processed first, then the run fails naming every failed source.
+    """
+    started = time.monotonic()
+    statsd = StatsD.from_settings(settings)
+    stats: list[BatchStats] = []
+    failures: dict[str, Exception] = {}
+    try:
+        for exchange in settings.exchanges:
+            try:
+                stats += run_source(spark, settings, exchange, statsd)
+            except GoldRunError as err:
+                log.error("gold stream failed: %s", err, extra={"source": exchange})
+                failures[exchange] = err
+        duration = time.monotonic() - started
+        summary = {"batches": len(stats), "rows_in": sum(s.rows_in for s in stats),
+                   "rows_written": sum(s.rows_written for s in stats),
+                   "duplicates_removed": sum(s.duplicates_removed for s in stats),
+                   "failed_sources": sorted(failures), "duration_s": round(duration, 3)}
+        log.info("gold run: %s batches, %s rows in, %s written", summary["batches"], summary["rows_in"],
+                 summary["rows_written"], extra={"gold_run": summary})
+        statsd.timing("gold.run_ms", duration * 1000)
+        statsd.gauge("gold.failed_sources", len(failures))
+    finally:
+        statsd.close()
+    if failures:
+        first = next(iter(failures.values()))
+        detail = "; ".join(map(str, failures.values()))
+        raise GoldRunError(f"Gold failed for {', '.join(failures)}: {detail}") from first
+    return stats

@@ -1,0 +1,270 @@
+"""One Gold micro-batch: dedupe, MERGE into Gold, recompute the touched minute bars, report.
+
+Exactly once without a batch-id guard: the Gold MERGE only inserts message_ids Gold does not
+hold, and the bars of every minute the batch touches are recomputed from Gold itself and
+upserted. Re-running a batch (a retry after a crash anywhere in it) therefore inserts nothing
+and rewrites the same bars.
+
+Cost does not grow with Gold: a copy of a trade has the same event time as its twin, so the MERGE
+target and the bar recompute are restricted to the (exchange_date, exchange_hour) partitions,
+exchanges and time range the batch touches (Iceberg prunes everything else from file metadata).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from lakehouse import names
+from lakehouse.gold import plans
+from lakehouse.gold.transforms import (
+    BatchScope,
+    Slice,
+    drop_copies,
+    minute_of,
+    ohlcv_1m,
+    repeated_ids,
+    to_gold,
+)
+from lakehouse.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from lakehouse.metrics import StatsD
+
+log = logging.getLogger(__name__)
+
+MICROS_PER_SECOND = 1_000_000
+# Repeated message ids of one batch up to this many are broadcast to split the batch without a shuffle.
+MAX_BROADCAST_IDS = 200_000
+# The batch is cached for a few passes and then dropped: compressing the cache costs more CPU than
+# it saves (measured: about half the time of building the cache).
+CACHE_COMPRESSION_CONF = "spark.sql.inMemoryColumnarStorage.compressed"
+
+
+class GoldInputError(ValueError):
+    """A Silver batch holds rows Gold cannot place or deduplicate (no message_id, exchange or trade
+    time): Silver must send them to the dead-letter table. The batch is not committed."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one micro-batch did; logged as one structured line and sent to StatsD.
+
+    ``rows_unique``: rows left after in-batch dedupe; ``rows_written``: rows the MERGE inserted
+    (from the Iceberg snapshot summaries); ``late_rows``: rows (copies included) older than
+    ``gold_watermark_minutes`` when processed, which a watermark-based streaming dedupe would have
+    dropped or missed and which are still deduplicated here; ``max_event_lag_s`` /
+    ``min_event_lag_s``: now minus the oldest / newest trade time of the batch;
+    ``gold_files_scanned``: Gold data files the MERGE read (only the touched partitions').
+    """
+
+    source: str
+    batch_id: int
+    rows_in: int
+    rows_unique: int
+    rows_written: int
+    late_rows: int
+    max_event_lag_s: float
+    min_event_lag_s: float
+    partitions: int
+    gold_files_scanned: int
+    gold_files_skipped: int
+    bars_written: int
+    merge_s: float
+    bars_s: float
+    duration_s: float
+
+    @property
+    def duplicates_removed(self) -> int:
+        """Rows not written: copies within the batch plus copies of trades Gold already held."""
+        return self.rows_in - self.rows_written
+
+    @property
+    def duplicates_in_batch(self) -> int:
+        return self.rows_in - self.rows_unique
+
+    def as_log(self) -> dict[str, object]:
+        return {**asdict(self), "duplicates_removed": self.duplicates_removed,
+                "duplicates_in_batch": self.duplicates_in_batch}
+
+
+def _iceberg_table(spark: SparkSession, table: str) -> Any:
+    """The Iceberg ``Table`` behind a catalog-qualified name (Iceberg's Java API, no Spark job)."""
+    jtable = spark._jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, table)
+    jtable.refresh()
+    return jtable
+
+
+def current_snapshot_id(spark: SparkSession, table: str) -> int | None:
+    snapshot = _iceberg_table(spark, table).currentSnapshot()
+    return None if snapshot is None else int(snapshot.snapshotId())
+
+
+def records_added_since(spark: SparkSession, table: str, since: int | None) -> int:
+    """Sum of ``added-records`` over the snapshots committed on top of snapshot ``since``.
+
+    Exact because Gold has one writer: this job, whose streams run one after the other.
+    """
+    jtable = _iceberg_table(spark, table)
+    snapshot = jtable.currentSnapshot()
+    total = 0
+    while snapshot is not None and int(snapshot.snapshotId()) != since:
+        total += int(snapshot.summary().get("added-records") or 0)
+        parent = snapshot.parentId()
+        snapshot = None if parent is None else jtable.snapshot(parent)
+    return total
+
+
+def _temp_view(df: DataFrame, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex}"
+    df.createOrReplaceTempView(name)
+    return name
+
+
+def merge_trades(spark: SparkSession, settings: Settings, unique: DataFrame,
+                 scope: BatchScope) -> tuple[int, list[plans.ScanMetrics]]:
+    """Insert the batch rows whose message_id Gold does not hold; return (rows written, target scans)."""
+    gold = names.qualified(settings, names.GOLD_TABLE)
+    before = current_snapshot_id(spark, gold)
+    view = _temp_view(unique, "gold_batch")
+    try:
+        result = spark.sql(f"MERGE INTO {gold} t USING {view} s "
+                           f"ON t.message_id = s.message_id AND {scope.gold_predicate('t')} "
+                           "WHEN NOT MATCHED THEN INSERT *")
+        scans = plans.scan_metrics(result, gold)
+    finally:
+        spark.catalog.dropTempView(view)
+    return records_added_since(spark, gold, before), scans
+
+
+def merge_bars(spark: SparkSession, settings: Settings, unique: DataFrame, scope: BatchScope) -> int:
+    """Recompute from Gold every bar the batch touched and upsert them; return the bar count."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    gold = names.qualified(settings, names.GOLD_TABLE)
+    ohlcv = names.qualified(settings, names.OHLCV_TABLE)
+    keys = unique.select("exchange", "instrument", minute_of(F.col("timestamp")).alias("minute")).distinct()
+    # Keys are bounded by minutes x instruments of one batch: small enough to broadcast.
+    trades = (spark.table(gold).where(scope.gold_predicate(whole_minutes=True))
+              .withColumn("minute", minute_of(F.col("timestamp")))
+              .join(F.broadcast(keys), ["exchange", "instrument", "minute"], "left_semi")
+              .drop("minute"))
+    # Materialized once: a copy-on-write MERGE evaluates its source twice (file filter, then rows).
+    bars = ohlcv_1m(trades).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        count = bars.count()
+        view = _temp_view(bars, "gold_bars")
+        try:
+            spark.sql(f"MERGE INTO {ohlcv} t USING {view} s "
+                      "ON t.exchange = s.exchange AND t.instrument = s.instrument AND t.minute = s.minute "
+                      f"AND {scope.bars_predicate('t')} "
+                      "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+        finally:
+            spark.catalog.dropTempView(view)
+    finally:
+        bars.unpersist()
+    return count
+
+
+def write_batch(batch: DataFrame, batch_id: int, settings: Settings, source: str,
+                statsd: StatsD | None = None) -> BatchStats:
+    """Process one micro-batch of Silver rows of ``source`` into Gold and the minute bars."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    started = time.monotonic()
+    spark = batch.sparkSession  # the streaming query's own session: settings made here stay in this query
+    spark.conf.set(CACHE_COMPRESSION_CONF, "false")
+    late_before = int((time.time() - settings.gold_watermark_minutes * 60) * MICROS_PER_SECOND)
+    projected = to_gold(batch).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        # One pass over the batch: touched partitions and exchanges, counts, event-time ranges.
+        groups = (projected.groupBy("exchange", "exchange_date", "exchange_hour")
+                  .agg(F.count(F.lit(1)).alias("rows"),
+                       F.count(F.when(F.col("message_id").isNull() | F.col("exchange").isNull()
+                                      | F.col("timestamp").isNull(), 1)).alias("no_key"),
+                       F.count(F.when(F.col("timestamp") < late_before, 1)).alias("late"),
+                       F.min("timestamp").alias("lo"), F.max("timestamp").alias("hi"))
+                  .collect())
+        no_key = sum(g.no_key for g in groups)
+        if no_key:
+            raise GoldInputError(f"{no_key} Silver rows of {source} (batch {batch_id}) lack message_id, exchange "
+                                 "or timestamp; Silver must send them to the dead-letter table")
+        if not groups:
+            stats = BatchStats(source, batch_id, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0,
+                               round(time.monotonic() - started, 3))
+            _report(stats, statsd)
+            return stats
+        scope = BatchScope(tuple(Slice(g.exchange, g.exchange_date, g.exchange_hour, int(g.lo), int(g.hi))
+                                 for g in sorted(groups, key=lambda g: (g.exchange, g.exchange_date, g.exchange_hour))))
+        # Copies within a batch are rare: find the repeated ids by hashing ids alone, rank only their rows.
+        repeated = repeated_ids(projected).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            tally = repeated.agg(F.count(F.lit(1)).alias("ids"), F.sum(F.col("copies")).alias("copies")).first()
+            unique = (drop_copies(projected, repeated, broadcast=tally.ids <= MAX_BROADCAST_IDS) if tally.ids
+                      else projected)
+            merge_started = time.monotonic()
+            written, scans = merge_trades(spark, settings, unique, scope)
+            bars_started = time.monotonic()
+            bars = merge_bars(spark, settings, unique, scope)
+            bars_s = time.monotonic() - bars_started
+        finally:
+            repeated.unpersist()
+        copies = int(tally.copies or 0)
+    finally:
+        projected.unpersist()
+    rows_in = sum(g.rows for g in groups)
+    now_us = time.time() * MICROS_PER_SECOND
+    stats = BatchStats(
+        source=source, batch_id=batch_id, rows_in=rows_in, rows_unique=rows_in - copies, rows_written=written,
+        late_rows=sum(g.late for g in groups),
+        max_event_lag_s=round((now_us - scope.min_timestamp) / MICROS_PER_SECOND, 3),
+        min_event_lag_s=round((now_us - scope.max_timestamp) / MICROS_PER_SECOND, 3),
+        partitions=len(scope.partitions),
+        gold_files_scanned=sum(s.files_scanned for s in scans),
+        gold_files_skipped=sum(s.files_skipped for s in scans),
+        bars_written=bars, merge_s=round(bars_started - merge_started, 3), bars_s=round(bars_s, 3),
+        duration_s=round(time.monotonic() - started, 3))
+    _report(stats, statsd)
+    return stats
+
+
+def _report(stats: BatchStats, statsd: StatsD | None) -> None:
+    log.info("gold batch %s of %s: %s in, %s written, %s duplicates removed", stats.batch_id, stats.source,
+             stats.rows_in, stats.rows_written, stats.duplicates_removed, extra={"gold_batch": stats.as_log()})
+    if statsd is None:
+        return
+    tags = {"source": stats.source}
+    statsd.incr("gold.rows_in", stats.rows_in, tags)
+    statsd.incr("gold.rows_written", stats.rows_written, tags)
+    statsd.incr("gold.duplicates_removed", stats.duplicates_removed, tags)
+    statsd.incr("gold.late_rows", stats.late_rows, tags)
+    statsd.incr("gold.bars_written", stats.bars_written, tags)
+    statsd.gauge("gold.max_event_lag_s", stats.max_event_lag_s, tags)
+    statsd.gauge("gold.min_event_lag_s", stats.min_event_lag_s, tags)
+    statsd.gauge("gold.files_scanned", stats.gold_files_scanned, tags)
+    statsd.timing("gold.batch_ms", stats.duration_s * 1000, tags)
+
+
+class GoldBatchWriter:
+    """The ``foreachBatch`` function of one Silver stream; keeps the stats of the batches it wrote."""
+
+    def __init__(self, settings: Settings, source: str, statsd: StatsD | None = None) -> None:
+        self.settings = settings
+        self.source = source
+        self.statsd = statsd
+        self.stats: list[BatchStats] = []
+        self.failure: Exception | None = None
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        try:
+            self.stats.append(write_batch(batch, batch_id, self.settings, self.source, self.statsd))
+        except Exception as err:  # re-raised at once; kept so the run can name the cause, not a JVM wrapper
+            self.failure = err
+            raise

@@ -1,0 +1,96 @@
+"""``lakehouse replay silver`` and ``lakehouse dlq replay``: the Silver replays, Spark in-process."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from typing import Any
+
+from lakehouse.cli import CliError, to_json
+from lakehouse.settings import Settings
+
+
+def parse_time(text: str) -> dt.datetime:
+    """ISO 8601 date or date-time; without a zone it is UTC."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time such as 2024-05-01T12:00:00Z") from err
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _group(sub: Any, name: str, help_text: str) -> Any:
+    """The sub-command group ``name`` (e.g. ``dlq``), shared with other modules that add actions to it."""
+    parser = sub.choices.get(name)
+    if parser is None:
+        parser = sub.add_parser(name, help=help_text)
+        return parser.add_subparsers(dest=f"{name}_action", required=True, metavar="ACTION")
+    for action in parser._actions:  # argparse keeps a group's sub-parsers action here
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise CliError(f"'lakehouse {name}' exists and takes no sub-commands")
+
+
+def _print(summary: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(to_json(summary))
+        return
+    dead = summary["dead_lettered"]
+    assert isinstance(dead, dict)
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(dead.items())) or "none"
+    print(f"{summary['kind']} replay: {summary['considered']} rows re-validated, {summary['valid']} valid "
+          f"(in Silver), dead-lettered: {detail}")
+
+
+def cmd_replay_silver(args: argparse.Namespace, settings: Settings) -> int:
+    from lakehouse.silver.replay import ReplayError, replay_silver
+    from lakehouse.spark import session
+
+    if args.exchange not in settings.exchanges:
+        raise CliError(f"unknown exchange {args.exchange!r}; configured: {', '.join(settings.exchanges)}")
+    spark = session(settings, f"lakehouse-replay-silver-{args.exchange}")
+    try:
+        summary = replay_silver(spark, settings, args.exchange, args.start, args.end, args.by)
+    except ReplayError as err:
+        raise CliError(str(err)) from err
+    finally:
+        spark.stop()
+    _print(summary.as_dict(), args.json)
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from lakehouse.silver.replay import ReplayError, replay_dlq
+    from lakehouse.spark import session
+
+    spark = session(settings, "lakehouse-dlq-replay")
+    try:
+        summary = replay_dlq(spark, settings, args.error_type, args.exchange)
+    except ReplayError as err:
+        raise CliError(str(err)) from err
+    finally:
+        spark.stop()
+    _print(summary.as_dict(), args.json)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    replay = _group(sub, "replay", "rebuild a layer from its upstream after a fix")
+    p = replay.add_parser("silver", help="re-decode and re-validate a Bronze range into Silver and the DLQ")
+    p.add_argument("--exchange", required=True)
+    p.add_argument("--from", dest="start", type=parse_time, help="first Bronze time included (ISO 8601, UTC default)")
+    p.add_argument("--to", dest="end", type=parse_time, help="first Bronze time excluded (ISO 8601, UTC default)")
+    p.add_argument("--by", choices=["ingestion", "kafka"], default="ingestion",
+                   help="range over Bronze ingestion time (default) or the Kafka record timestamp")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay_silver)
+
+    dlq = _group(sub, "dlq", "dead-letter table operations")
+    p = dlq.add_parser("replay", help="re-validate dead-letter rows; move those that now pass into Silver")
+    p.add_argument("--error-type", help="only rows of this error_type (e.g. unknown_schema_id)")
+    p.add_argument("--exchange", help="only rows from this exchange's Bronze table")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dlq_replay)
+
+
+__all__ = ["add_commands", "parse_time"]

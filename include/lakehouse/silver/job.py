@@ -1,0 +1,419 @@
+"""One Silver run for one exchange: Bronze as an Iceberg stream -> Silver + dead-letter table, then exit.
+
+availableNow with an admission cap. Iceberg 1.10's streaming source does not implement Spark's
+``SupportsTriggerAvailableNow``, so under ``trigger(availableNow=True)`` Spark ignores
+``streaming-max-files-per-micro-batch`` and reads the whole backlog as one batch (checked on
+this platform). A run therefore uses a processing-time trigger, which honours the cap, and ends
+once it has consumed the Bronze snapshot that was current when it started: it stops when the
+stream is idle, admits at most one more bounded batch of data that arrived meanwhile, and
+refuses any batch after that before it writes anything (the refused batch stays uncommitted in
+the checkpoint and is the first batch of the next run). The contract is availableNow's: what
+was there at start, in bounded batches, then exit.
+
+Each micro-batch streams every row once through decode and validation into the Silver append,
+then decodes the few failing rows again for the dead-letter append (:func:`process_batch`); both
+appends are tagged for idempotence (:mod:`lakehouse.silver.writer`). Each batch reports
+read/valid/dead-lettered counts, DLQ rate and duration as a log line and StatsD metrics
+(``silver.*``, tagged by exchange and error_type).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lakehouse import names
+from lakehouse.catalog import load_catalog
+from lakehouse.metrics import StatsD
+from lakehouse.registry import RegistryUnavailableError
+from lakehouse.settings import Settings
+from lakehouse.silver.transform import ERROR_REASON, ERROR_TYPE, LINEAGE, dlq_rows, from_bronze, silver_rows, transform
+from lakehouse.silver.writer import append_tagged, appended_rows, batch_tag, tagged_snapshot
+
+if TYPE_CHECKING:
+    from pyiceberg.table.snapshots import Snapshot
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+log = logging.getLogger(__name__)
+
+METRIC = "silver"
+QUERY_ID_PROPERTY = "sql.streaming.queryId"  # Spark sets it on the thread running foreachBatch
+_IDLE_MESSAGE = "Waiting for data to arrive"  # Spark's status after a trigger that found no new data
+EXTRA_BATCHES = 1  # micro-batches a run still admits after consuming its target (see _Progress)
+LISTED_FAILURES_MAX = 100_000  # failing rows the Silver pass lists by lineage; beyond, pass 2 diffs with Silver
+RECHECK_PASSED = "passed_on_recheck"
+RECHECK_REASON = ("failed when the batch was written to Silver but passed when re-checked for the dead-letter "
+                  "write (a writer schema registered in between?); 'lakehouse dlq replay' moves it to Silver")
+
+
+class SilverRunError(RuntimeError):
+    """The Silver streaming query failed; the message carries the first line of the cause."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by LAKEHOUSE_SILVER_FAULT_INJECTION (kill-and-retry tests)."""
+
+
+class RunComplete(RuntimeError):
+    """A batch was planned after the run reached its target: refused unwritten, left for the next run."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    batch_id: int
+    read: int
+    valid: int
+    dead_lettered: dict[str, int]
+    duration_s: float
+    wrote_silver: bool
+    wrote_dlq: bool
+
+    @property
+    def dead(self) -> int:
+        return sum(self.dead_lettered.values())
+
+
+@dataclass
+class RunSummary:
+    exchange: str
+    batches: list[BatchStats] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def read(self) -> int:
+        return sum(b.read for b in self.batches)
+
+    @property
+    def valid(self) -> int:
+        return sum(b.valid for b in self.batches)
+
+    @property
+    def dead_lettered(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for b in self.batches:
+            total.update(b.dead_lettered)
+        return dict(total)
+
+    @property
+    def dlq_rate(self) -> float:
+        return (self.read - self.valid) / self.read if self.read else 0.0
+
+
+def _inject(settings: Settings, point: str) -> None:
+    if settings.silver_fault_injection == point:
+        raise InjectedFault(f"LAKEHOUSE_SILVER_FAULT_INJECTION={point}: failing the batch on purpose")
+
+
+def process_batch(bronze_rows: DataFrame, settings: Settings, exchange: str, tag: str) -> BatchStats:
+    """Silver rows, then dead-letter rows of one micro-batch, each table written at most once per ``tag``.
+
+    Pass 1 decodes and validates every row once, streaming straight into the Silver append; an
+    observation on that write counts the failing rows and lists their lineage. Pass 2 decodes
+    only those rows again (from the same micro-batch, raw bytes included) for the dead-letter
+    append, so valid rows are decoded once and nothing is cached. A retried batch whose Silver
+    commit exists finds its failing rows by difference with the rows that commit appended.
+    """
+    started = time.monotonic()
+    now = dt.datetime.now(dt.timezone.utc)
+    silver_table = names.silver_table(exchange)
+    source = from_bronze(bronze_rows)
+    failed_keys: list[tuple[str, int, int]] | None = None  # lineage of the failing rows, when known
+    silver_snap = tagged_snapshot(settings, silver_table, tag)
+    wrote_silver = silver_snap is None
+    if silver_snap is None:
+        failed_keys = _write_silver(source, settings, silver_table, tag, now)
+        silver_snap = tagged_snapshot(settings, silver_table, tag)  # None if Iceberg skipped an empty append
+    valid = int(silver_snap.summary.get("added-records") or 0) if silver_snap and silver_snap.summary else 0
+    _inject(settings, "after_silver")
+
+    dlq_snap = tagged_snapshot(settings, names.DLQ_TABLE, tag)
+    wrote_dlq = False
+    if dlq_snap is not None:
+        dead = _error_counts(appended_rows(bronze_rows.sparkSession, settings, names.DLQ_TABLE, dlq_snap))
+    elif failed_keys == []:
+        dead = {}
+    else:
+        candidates = (_listed(source, failed_keys) if failed_keys is not None
+                      else _not_in_silver(source, settings, silver_table, silver_snap))
+        dead = _write_dlq(candidates, settings, exchange, tag, now)
+        wrote_dlq = bool(dead)
+        if failed_keys is not None and sum(dead.values()) != len(failed_keys):
+            log.warning("dead-letter rows differ from the rows that failed the Silver pass",
+                        extra={"exchange": exchange, "batch_tag": tag, "failed": len(failed_keys),
+                               "dead_lettered": sum(dead.values())})
+    _inject(settings, "after_both")
+    return BatchStats(batch_id=int(tag.rsplit(":", 1)[1]), read=valid + sum(dead.values()), valid=valid,
+                      dead_lettered=dead, duration_s=time.monotonic() - started,
+                      wrote_silver=wrote_silver, wrote_dlq=wrote_dlq)
+
+
+def _write_silver(source: DataFrame, settings: Settings, table: str, tag: str,
+                  now: dt.datetime) -> list[tuple[str, int, int]] | None:
+    """Pass 1: append the valid rows; return the failing rows' lineage (None when too many to list)."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    failing = F.col(ERROR_TYPE).isNotNull()
+    observation = Observation()
+    observed = transform(source, settings, keep_value=False).observe(
+        observation,
+        F.sum(F.when(failing, 1).otherwise(0)).alias("failed"),
+        F.to_json(F.collect_list(F.when(failing, F.array(*[F.col(c).cast("string") for c in LINEAGE]))))
+        .alias("keys"))
+    append_tagged(silver_rows(observed, now), settings, table, tag)
+    metrics = observation.get  # available once the append (the observed action) has succeeded
+    if int(metrics["failed"] or 0) > LISTED_FAILURES_MAX:
+        return None
+    return [(topic, int(partition), int(offset)) for topic, partition, offset in json.loads(metrics["keys"] or "[]")]
+
+
+def _listed(source: DataFrame, keys: list[tuple[str, int, int]]) -> DataFrame:
+    """The rows of ``source`` with the given lineage (a small broadcast semi-join)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    key_schema = T.StructType([T.StructField(LINEAGE[0], T.StringType()), T.StructField(LINEAGE[1], T.IntegerType()),
+                               T.StructField(LINEAGE[2], T.LongType())])
+    listed = source.sparkSession.createDataFrame(keys, key_schema)
+    offsets = [k[2] for k in keys]
+    narrowed = source.where(F.col(LINEAGE[2]).between(min(offsets), max(offsets)))  # lets the scan skip files
+    return narrowed.join(F.broadcast(listed), list(LINEAGE), "left_semi")
+
+
+def _not_in_silver(source: DataFrame, settings: Settings, table: str, silver_snap: Snapshot | None) -> DataFrame:
+    """The rows of ``source`` that the batch's Silver commit did not append: the failing ones."""
+    if silver_snap is None:
+        return source
+    appended = appended_rows(source.sparkSession, settings, table, silver_snap).select(*LINEAGE)
+    return source.join(appended, list(LINEAGE), "left_anti")
+
+
+def _write_dlq(candidates: DataFrame, settings: Settings, exchange: str, tag: str,
+               now: dt.datetime) -> dict[str, int]:
+    """Pass 2: decode and validate the failing rows again, raw bytes included, and append them.
+
+    A row that passes this time failed a moment ago (a writer schema got registered in between):
+    it is not in Silver, so it is dead-lettered as ``passed_on_recheck`` for ``lakehouse dlq replay``.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    checked = transform(candidates, settings, keep_value=True)
+    passed = F.col(ERROR_TYPE).isNull()
+    checked = (checked.withColumn(ERROR_REASON, F.when(passed, F.lit(RECHECK_REASON)).otherwise(F.col(ERROR_REASON)))
+                      .withColumn(ERROR_TYPE, F.when(passed, F.lit(RECHECK_PASSED)).otherwise(F.col(ERROR_TYPE))))
+    rows = dlq_rows(checked, exchange, now).persist(StorageLevel.MEMORY_AND_DISK)  # few rows, used twice
+    try:
+        dead = _error_counts(rows)
+        if dead:
+            append_tagged(rows, settings, names.DLQ_TABLE, tag)
+    finally:
+        rows.unpersist()
+    return dead
+
+
+def _error_counts(rows: DataFrame) -> dict[str, int]:
+    return {row[ERROR_TYPE]: int(row["count"]) for row in rows.groupBy(ERROR_TYPE).count().collect()}
+
+
+def report_batch(stats: BatchStats, exchange: str, statsd: StatsD) -> None:
+    """One structured log line and the StatsD metrics of a micro-batch."""
+    rate = stats.dead / stats.read if stats.read else 0.0
+    tags = {"exchange": exchange}
+    log.info("silver batch", extra={"exchange": exchange, "batch_id": stats.batch_id, "records_read": stats.read,
+                                    "records_valid": stats.valid, "records_dead_lettered": stats.dead,
+                                    "dead_lettered_by_type": stats.dead_lettered, "dlq_rate": round(rate, 6),
+                                    "duration_s": round(stats.duration_s, 3), "wrote_silver": stats.wrote_silver,
+                                    "wrote_dlq": stats.wrote_dlq})
+    statsd.incr(f"{METRIC}.records_read", stats.read, tags)
+    statsd.incr(f"{METRIC}.records_valid", stats.valid, tags)
+    for error_type, n in stats.dead_lettered.items():
+        statsd.incr(f"{METRIC}.records_dead_lettered", n, {**tags, "error_type": error_type})
+    statsd.gauge(f"{METRIC}.batch_dlq_rate", rate, tags)
+    statsd.timing(f"{METRIC}.batch_duration_ms", stats.duration_s * 1000, tags)
+
+
+def report_run(summary: RunSummary, statsd: StatsD) -> None:
+    tags = {"exchange": summary.exchange}
+    log.info("silver run finished", extra={"exchange": summary.exchange, "batches": len(summary.batches),
+                                           "records_read": summary.read, "records_valid": summary.valid,
+                                           "dead_lettered_by_type": summary.dead_lettered,
+                                           "dlq_rate": round(summary.dlq_rate, 6),
+                                           "duration_s": round(summary.duration_s, 3)})
+    statsd.gauge(f"{METRIC}.run_records_read", summary.read, tags)
+    statsd.gauge(f"{METRIC}.run_records_valid", summary.valid, tags)
+    for error_type, n in summary.dead_lettered.items():
+        statsd.gauge(f"{METRIC}.run_records_dead_lettered", n, {**tags, "error_type": error_type})
+    statsd.gauge(f"{METRIC}.dlq_rate", summary.dlq_rate, tags)
+    statsd.timing(f"{METRIC}.run_duration_ms", summary.duration_s * 1000, tags)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The last Bronze append when the run started: the run ends once the stream has consumed it."""
+
+    snapshot_id: int
+    sequence_number: int
+    added_files: int
+
+
+def bronze_target(settings: Settings, exchange: str) -> Target | None:
+    """The newest append snapshot in Bronze's current history (replace/delete snapshots are not streamed)."""
+    metadata = load_catalog(settings).load_table(names.bronze_table(exchange)).metadata
+    snap = metadata.snapshot_by_id(metadata.current_snapshot_id) if metadata.current_snapshot_id else None
+    while snap is not None and snap.summary is not None and snap.summary.operation.value != "append":
+        snap = metadata.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
+    if snap is None or snap.summary is None:
+        return None
+    return Target(snap.snapshot_id, snap.sequence_number or 0, int(snap.summary.get("added-data-files") or 0))
+
+
+class _Progress:
+    """Where the run is against its target, and which micro-batches it still admits.
+
+    Once the target is consumed the run admits at most :data:`EXTRA_BATCHES` more (data that
+    arrived meanwhile, each bounded by the admission cap) and stops as soon as the stream is
+    idle; a batch planned after that is refused unwritten. Stopping only when idle keeps the
+    usual run free of interrupted batches; refusing bounds a run when Bronze outpaces Silver.
+    """
+
+    def __init__(self, settings: Settings, exchange: str, target: Target) -> None:
+        self._settings = settings
+        self._exchange = exchange
+        self.target = target
+        self.finished = threading.Event()  # the target has been consumed
+        self.stopping = threading.Event()  # the driver is stopping the query: admit nothing
+        self._extra = 0
+
+    def admit(self) -> bool:
+        if self.stopping.is_set():
+            return False
+        if not self.finished.is_set():
+            return True
+        self._extra += 1
+        return self._extra <= EXTRA_BATCHES
+
+    def observe(self, end_offset: dict[str, object]) -> None:
+        snapshot_id = int(str(end_offset["snapshot_id"]))
+        if snapshot_id == self.target.snapshot_id:
+            reached = int(str(end_offset["position"])) >= self.target.added_files
+        else:
+            metadata = load_catalog(self._settings).load_table(names.bronze_table(self._exchange)).metadata
+            snap = metadata.snapshot_by_id(snapshot_id)
+            reached = snap is not None and (snap.sequence_number or 0) > self.target.sequence_number
+        if reached:
+            self.finished.set()
+
+
+def batch_end_offset(spark: SparkSession, checkpoint: str, batch_id: int) -> dict[str, object]:
+    """The Iceberg stream offset this batch ends at, from the checkpoint's offset log (written before the batch)."""
+    lines = [r.value for r in spark.read.text(f"{checkpoint}/offsets/{batch_id}").collect() if r.value.strip()]
+    return json.loads(lines[-1])
+
+
+_PY_ERROR_LINE = re.compile(r"^([a-z_][\w]*\.)*[A-Z]\w*(Error|Exception|Fault): ")
+
+
+def _cause_line(text: str) -> str:
+    """The Python exception line (``module.SomeError: message``) closest to the root of a query failure."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    python = [ln for ln in lines if _PY_ERROR_LINE.match(ln) and not ln.startswith(("org.", "java.", "py4j."))]
+    return python[-1] if python else next((ln for ln in lines if ln), "unknown error")
+
+
+def _failure(err: Exception) -> Exception:
+    """The run's error: a registry outage keeps its type (retry later), anything else is a SilverRunError."""
+    text = str(err)
+    cause = _cause_line(text)
+    if RegistryUnavailableError.__name__ in text:
+        line = next((ln.strip() for ln in text.splitlines() if RegistryUnavailableError.__name__ + ":" in ln), cause)
+        return RegistryUnavailableError(f"Silver run failed, schema registry unavailable: {line[:500]}")
+    return SilverRunError(f"Silver streaming query failed: {cause[:500]}")
+
+
+def run(spark: SparkSession, settings: Settings, exchange: str) -> RunSummary:
+    """Process every Bronze row of ``exchange`` committed before the run started; return the counts.
+
+    Raises :class:`~lakehouse.registry.RegistryUnavailableError` when the schema registry cannot
+    be reached and :class:`SilverRunError` for any other failure of the query; nothing of a
+    failed batch is committed to the checkpoint, so the next run retries it.
+    """
+    started = time.monotonic()
+    summary = RunSummary(exchange)
+    statsd = StatsD.from_settings(settings)
+    try:
+        target = bronze_target(settings, exchange)
+        if target is None:
+            log.info("bronze table is empty, nothing to do", extra={"exchange": exchange})
+        else:
+            _stream(spark, settings, exchange, target, summary, statsd)
+        summary.duration_s = time.monotonic() - started
+        report_run(summary, statsd)
+    finally:
+        statsd.close()
+    return summary
+
+
+def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Target, summary: RunSummary,
+            statsd: StatsD) -> None:
+    """Run the streaming query until the target is consumed (see :class:`_Progress`)."""
+    from pyspark.errors import StreamingQueryException
+
+    progress = _Progress(settings, exchange, target)
+    checkpoint = names.checkpoint(settings, "silver", exchange)
+
+    def handle(batch_df: DataFrame, batch_id: int) -> None:
+        if not progress.admit():
+            raise RunComplete(f"batch {batch_id} starts after the run's target; left for the next run")
+        query_id = batch_df.sparkSession.sparkContext.getLocalProperty(QUERY_ID_PROPERTY)
+        if not query_id:
+            raise SilverRunError("no streaming query id on the foreachBatch thread")
+        stats = process_batch(batch_df, settings, exchange, batch_tag(query_id, batch_id))
+        summary.batches.append(stats)
+        report_batch(stats, exchange, statsd)
+        progress.observe(batch_end_offset(batch_df.sparkSession, checkpoint, batch_id))
+
+    query: StreamingQuery = (
+        spark.readStream
+        .option("streaming-max-files-per-micro-batch", settings.silver_max_files_per_batch)
+        .option("streaming-max-rows-per-micro-batch", settings.silver_max_rows_per_batch)
+        .option("streaming-skip-delete-snapshots", "true")
+        .table(names.qualified(settings, names.bronze_table(exchange)))
+        .writeStream
+        .option("checkpointLocation", checkpoint)
+        .trigger(processingTime="0 seconds")
+        .foreachBatch(handle)
+        .start())
+    try:
+        while True:
+            try:
+                if query.awaitTermination(settings.silver_poll_interval_s):
+                    return
+            except StreamingQueryException as err:
+                if RunComplete.__name__ in str(err) and (progress.finished.is_set() or progress.stopping.is_set()):
+                    return
+                raise _failure(err) from err
+            status = query.status
+            if (not status["isTriggerActive"] and not status["isDataAvailable"]
+                    and status["message"] == _IDLE_MESSAGE):  # the stream has consumed everything there is
+                progress.stopping.set()
+                query.stop()
+                error = query.exception()
+                if error is not None and RunComplete.__name__ not in str(error):
+                    raise _failure(error)
+                return
+    finally:
+        if query.isActive:
+            query.stop()
+
+
+__all__ = ["BatchStats", "InjectedFault", "RunSummary", "SilverRunError", "Target", "bronze_target",
+           "process_batch", "run"]

@@ -1,0 +1,271 @@
+"""Replays after a rule or schema fix: rebuild Silver + DLQ for a Bronze range, re-validate the DLQ.
+
+Both are MERGEs keyed on the Bronze lineage (topic, partition, offset), so running one twice,
+or again after it died between its two table commits, converges to the same state without
+duplicates. Iceberg commits one table at a time; the pair is made safe by idempotence and by
+ordering the two commits so that a crash between them never leaves a row in neither table, not
+by a cross-table transaction. Inputs are read at the snapshot current when the replay starts.
+
+* :func:`replay_silver` re-decodes and re-validates the Bronze rows of a time range that the
+  Silver stream has already processed (rows still ahead of the stream are left to it, so the
+  stream never appends a row a replay inserted). First the DLQ: rows that now fail are upserted
+  (un-marked if they had been replayed), rows that now pass are marked replayed; then Silver:
+  rows that now pass are upserted, rows that now fail are deleted.
+* :func:`replay_dlq` re-decodes and re-validates not-yet-replayed dead-letter rows from their raw
+  bytes, inserts those that now pass into Silver (unless their lineage is already there), then
+  marks them replayed. Rows that still fail are left as they are.
+
+Do not run a replay while the same exchange's Silver job runs (pause its DAG): both write Silver.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lakehouse import names, tables
+from lakehouse.catalog import load_catalog
+from lakehouse.settings import Settings
+from lakehouse.silver.transform import (
+    ERROR_REASON,
+    ERROR_TYPE,
+    LINEAGE,
+    dlq_rows,
+    from_bronze,
+    from_dlq,
+    silver_columns,
+    silver_rows,
+    transform,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+TIME_COLUMNS = {"ingestion": "ingestion_timestamp", "kafka": "timestamp"}
+
+
+class ReplayError(ValueError):
+    """A replay request that cannot be carried out (bad range, unknown exchange)."""
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay looked at and where the rows ended up."""
+
+    kind: str
+    considered: int = 0
+    valid: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    exchanges: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "considered": self.considered, "valid": self.valid,
+                "dead_lettered": self.dead_lettered, "exchanges": self.exchanges}
+
+
+@contextmanager
+def _view(df: DataFrame) -> Iterator[str]:
+    """``df`` as a uniquely named temporary view for SQL MERGE, dropped afterwards."""
+    name = f"silver_replay_{uuid.uuid4().hex}"
+    df.createOrReplaceTempView(name)
+    try:
+        yield name
+    finally:
+        df.sparkSession.catalog.dropTempView(name)
+
+
+def _on_lineage(target: str = "t", source: str = "s") -> str:
+    return " AND ".join(f"{target}.{c} = {source}.{c}" for c in LINEAGE)
+
+
+def _counts(validated: DataFrame) -> tuple[int, dict[str, int]]:
+    counts = {row[ERROR_TYPE]: int(row["count"]) for row in validated.groupBy(ERROR_TYPE).count().collect()}
+    return counts.pop(None, 0), counts
+
+
+def _audit(spark: SparkSession, settings: Settings, event: str, source: str, detail: dict[str, object]) -> None:
+    """One row in the pipeline audit table per replay: operators can see what was rebuilt and when."""
+    row = (dt.datetime.now(dt.timezone.utc), "silver", source, event, json.dumps(detail, sort_keys=True, default=str))
+    spark.createDataFrame([row], tables.spark_schema(tables.AUDIT_DEF)) \
+        .writeTo(names.qualified(settings, names.AUDIT_TABLE)).append()
+
+
+def pinned(spark: SparkSession, settings: Settings, table: str) -> DataFrame:
+    """``table`` as of its current snapshot: re-evaluating the frame later (a MERGE re-plans its
+    source, a cache can be evicted) reads the same rows even after the replay changed the table."""
+    snapshot_id = load_catalog(settings).load_table(table).metadata.current_snapshot_id
+    reader = spark.read if snapshot_id is None else spark.read.option("snapshot-id", snapshot_id)
+    return reader.table(names.qualified(settings, table))
+
+
+def _processed_lineage(spark: SparkSession, settings: Settings, exchange: str) -> DataFrame:
+    """Lineage of every Bronze row the Silver stream has already written to Silver or the DLQ."""
+    from pyspark.sql import functions as F
+
+    silver = pinned(spark, settings, names.silver_table(exchange)).select(*LINEAGE)
+    dlq = (pinned(spark, settings, names.DLQ_TABLE)
+           .where(F.col("bronze_source") == names.bronze_table(exchange)).select(*LINEAGE))
+    return silver.unionByName(dlq).distinct()
+
+
+def replay_silver(spark: SparkSession, settings: Settings, exchange: str, start: dt.datetime | None = None,
+                  end: dt.datetime | None = None, by: str = "ingestion") -> ReplaySummary:
+    """Rebuild Silver and dead-letter rows of ``exchange`` for Bronze rows with ``start <= time < end``.
+
+    ``by`` picks the time: ``ingestion`` (when Bronze wrote the row) or ``kafka`` (the record's
+    Kafka timestamp).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    if exchange not in settings.exchanges:
+        raise ReplayError(f"unknown exchange {exchange!r}; configured: {', '.join(settings.exchanges)}")
+    if by not in TIME_COLUMNS:
+        raise ReplayError(f"unknown time column {by!r}; expected one of {', '.join(TIME_COLUMNS)}")
+    if start is not None and end is not None and start >= end:
+        raise ReplayError(f"empty range: --from {start.isoformat()} is not before --to {end.isoformat()}")
+    bronze = pinned(spark, settings, names.bronze_table(exchange))
+    column = F.col(TIME_COLUMNS[by])
+    if start is not None:
+        bronze = bronze.where(column >= F.lit(start).cast("timestamp"))
+    if end is not None:
+        bronze = bronze.where(column < F.lit(end).cast("timestamp"))
+    source = from_bronze(bronze).join(_processed_lineage(spark, settings, exchange), list(LINEAGE), "left_semi")
+    validated = transform(source, settings).persist(StorageLevel.MEMORY_AND_DISK)
+    summary = ReplaySummary("silver", exchanges=[exchange])
+    try:
+        summary.valid, summary.dead_lettered = _counts(validated)
+        summary.considered = summary.valid + sum(summary.dead_lettered.values())
+        if summary.considered:
+            now = dt.datetime.now(dt.timezone.utc)
+            # DLQ first: a row leaves Silver only once it is in the DLQ, so dying between the two
+            # MERGEs leaves it in both (the rerun fixes that), never in neither.
+            _merge_dlq(spark, settings, exchange, validated, now)
+            _merge_silver(spark, settings, exchange, validated, now)
+    finally:
+        validated.unpersist()
+    detail = {**summary.as_dict(), "from": start, "to": end, "by": by}
+    _audit(spark, settings, "replay_silver", names.bronze_table(exchange), detail)
+    log.info("silver replay finished", extra=detail)
+    return summary
+
+
+def _merge_silver(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
+                  now: dt.datetime) -> None:
+    """Upsert rows that pass, delete rows that now fail, keyed on lineage."""
+    from pyspark.sql import functions as F
+
+    source = validated.select(*silver_columns(validated, now), F.col(ERROR_TYPE))
+    cols = [c.name for c in tables.V2_COLUMNS + tables.SILVER_EXTRA]
+    assign = ", ".join(f"t.`{c}` = s.`{c}`" for c in cols)
+    insert_cols = ", ".join(f"`{c}`" for c in cols)
+    insert_vals = ", ".join(f"s.`{c}`" for c in cols)
+    with _view(source) as view:
+        spark.sql(f"""
+            MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
+            ON {_on_lineage()}
+            WHEN MATCHED AND s.{ERROR_TYPE} IS NOT NULL THEN DELETE
+            WHEN MATCHED THEN UPDATE SET {assign}
+            WHEN NOT MATCHED AND s.{ERROR_TYPE} IS NULL THEN INSERT ({insert_cols}) VALUES ({insert_vals})
+        """)
+
+
+def _merge_dlq(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
+               now: dt.datetime) -> None:
+    """Mark dead-letter rows that now pass replayed; upsert rows that fail (keeping their first DLQ time)."""
+    from pyspark.sql import functions as F
+
+    failing = dlq_rows(validated, exchange, now)
+    passing = validated.where(F.col(ERROR_TYPE).isNull()).select(
+        *LINEAGE, F.lit(names.bronze_table(exchange)).alias("bronze_source"))
+    cols = [c.name for c in tables.DLQ_DEF.columns]
+    insert_cols = ", ".join(f"`{c}`" for c in cols)
+    insert_vals = ", ".join(f"s.`{c}`" for c in cols)
+    at = f"TIMESTAMP '{now.strftime('%Y-%m-%d %H:%M:%S.%f')}'"  # session time zone is UTC
+    with _view(failing.unionByName(passing, allowMissingColumns=True)) as view:
+        spark.sql(f"""
+            MERGE INTO {names.qualified(settings, names.DLQ_TABLE)} t USING {view} s
+            ON t.bronze_source = s.bronze_source AND {_on_lineage()}
+            WHEN MATCHED AND s.{ERROR_TYPE} IS NULL AND NOT coalesce(t.replayed, false)
+                THEN UPDATE SET t.replayed = true, t.replayed_at = {at}
+            WHEN MATCHED AND s.{ERROR_TYPE} IS NOT NULL
+                THEN UPDATE SET t.{ERROR_TYPE} = s.{ERROR_TYPE}, t.{ERROR_REASON} = s.{ERROR_REASON},
+                                t.schema_id = s.schema_id, t.message_id = s.message_id,
+                                t.replayed = false, t.replayed_at = NULL
+            WHEN NOT MATCHED AND s.{ERROR_TYPE} IS NOT NULL THEN INSERT ({insert_cols}) VALUES ({insert_vals})
+        """)
+
+
+def replay_dlq(spark: SparkSession, settings: Settings, error_type: str | None = None,
+               exchange: str | None = None) -> ReplaySummary:
+    """Re-validate dead-letter rows not yet replayed; move those that pass into Silver and mark them."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    if exchange is not None and exchange not in settings.exchanges:
+        raise ReplayError(f"unknown exchange {exchange!r}; configured: {', '.join(settings.exchanges)}")
+    summary = ReplaySummary("dlq")
+    dead_lettered: dict[str, int] = {}
+    dlq = pinned(spark, settings, names.DLQ_TABLE).where(~F.coalesce(F.col("replayed"), F.lit(False)))
+    if error_type is not None:
+        dlq = dlq.where(F.col(ERROR_TYPE) == error_type)
+    for ex in [exchange] if exchange else list(settings.exchanges):
+        rows = dlq.where(F.col("bronze_source") == names.bronze_table(ex))
+        validated = transform(from_dlq(rows), settings).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            valid, still = _counts(validated)
+            if not valid and not still:
+                continue
+            summary.exchanges.append(ex)
+            summary.considered += valid + sum(still.values())
+            summary.valid += valid
+            for k, n in still.items():
+                dead_lettered[k] = dead_lettered.get(k, 0) + n
+            if valid:
+                now = dt.datetime.now(dt.timezone.utc)
+                _insert_passing(spark, settings, ex, validated, now)
+                _mark_replayed(spark, settings, ex, validated, now)
+        finally:
+            validated.unpersist()
+    summary.dead_lettered = dead_lettered
+    detail = {**summary.as_dict(), "error_type": error_type}
+    _audit(spark, settings, "replay_dlq", names.DLQ_TABLE, detail)
+    log.info("dlq replay finished", extra=detail)
+    return summary
+
+
+def _insert_passing(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
+                    now: dt.datetime) -> None:
+    cols = [c.name for c in tables.V2_COLUMNS + tables.SILVER_EXTRA]
+    with _view(silver_rows(validated, now)) as view:
+        spark.sql(f"""
+            MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
+            ON {_on_lineage()}
+            WHEN NOT MATCHED THEN INSERT ({", ".join(f"`{c}`" for c in cols)})
+                                  VALUES ({", ".join(f"s.`{c}`" for c in cols)})
+        """)
+
+
+def _mark_replayed(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
+                   now: dt.datetime) -> None:
+    from pyspark.sql import functions as F
+
+    passing = validated.where(F.col(ERROR_TYPE).isNull()).select(*LINEAGE)
+    at = f"TIMESTAMP '{now.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+    with _view(passing) as view:
+        spark.sql(f"""
+            MERGE INTO {names.qualified(settings, names.DLQ_TABLE)} t USING {view} s
+            ON t.bronze_source = '{names.bronze_table(exchange)}' AND {_on_lineage()}
+            WHEN MATCHED AND NOT coalesce(t.replayed, false) THEN UPDATE SET t.replayed = true, t.replayed_at = {at}
+        """)
+
+
+__all__ = ["ReplayError", "ReplaySummary", "TIME_COLUMNS", "replay_dlq", "replay_silver"]
