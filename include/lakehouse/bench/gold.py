@@ -196,13 +196,13 @@ def _incremental_runs(spark: SparkSession, settings: Settings, first_id: int, ol
 def run(scale: float) -> None:
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-gold-"))
     settings = _settings(home)
-    spark = None
     try:
         stack.up(settings)
         spark = session(settings, "bench-gold")
-        _measure(spark, settings, scale)
-    finally:
-        if spark is not None:
+        try:
+            _measure(spark, settings, scale)
+        finally:
             spark.stop()
+    finally:  # even when Spark died (its stop raises then), the broker and the data go
         stack.down(settings)
         shutil.rmtree(home, ignore_errors=True)

@@ -6,4 +6,5 @@
   hour partitions the batch touches, recompute the touched bars from Gold, metrics.
 - :mod:`lakehouse.gold.job`: the availableNow streaming run over every exchange's Silver table.
 - :mod:`lakehouse.gold.plans`: Iceberg scan metrics read from an executed Spark plan.
+- :mod:`lakehouse.gold.synthetic`: Silver trades generated at run time for tests and the benchmark.
 """
