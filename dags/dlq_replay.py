@@ -7,7 +7,7 @@ the dead-letter rows of that `error_type` go through Silver validation again; ro
 land in Silver, the rest stay in the DLQ. Trigger it from the UI or a shell:
 
 ```
-lakehouse airflow dags trigger dlq_replay --conf '{"error_type": "unknown_schema"}'
+lakehouse airflow dags trigger dlq_replay --conf '{"error_type": "unknown_schema_id"}'
 ```
 
 List the error types present with

@@ -3,6 +3,7 @@ and one SparkSession for the whole test run, each in a temporary LAKEHOUSE_HOME 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Iterator
@@ -57,7 +58,8 @@ def isolated(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Setting
     The shared SparkSession registers the new catalog at run time, so Spark code given these
     settings (which always qualifies tables with the catalog) works on this stack only.
     """
-    catalog = "lh_" + "".join(ch for ch in request.node.name.lower() if ch.isalnum())[:40]
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]  # parametrized ids stay distinct
+    catalog = "lh_" + "".join(ch for ch in request.node.name.lower() if ch.isalnum())[:32] + "_" + digest
     settings = load_settings(make_env(tmp_path / "home", LAKEHOUSE_CATALOG_NAME=catalog))
     stack.up(settings)
     try:
