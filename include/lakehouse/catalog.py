@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from lakehouse.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.manifest import DataFile
+    from pyiceberg.table import Table
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -98,3 +101,15 @@ def load_catalog(settings: Settings) -> SqlCatalog:
         props.update({"s3.endpoint": settings.s3_endpoint, "s3.access-key-id": settings.s3_access_key,
                       "s3.secret-access-key": settings.s3_secret_key, "s3.path-style-access": "true"})
     return SqlCatalog(settings.catalog_name, **props)
+
+
+def append_data_files(table: Table, data_files: Sequence[DataFile], properties: Mapping[str, str],
+                      branch: str = "main") -> None:
+    """One snapshot on ``branch`` adding ``data_files`` (written by tasks), ``properties`` in its summary.
+
+    pyiceberg retries the commit when another writer committed in between (appends never conflict).
+    """
+    with table.transaction() as tx:
+        with tx.update_snapshot(snapshot_properties=dict(properties), branch=branch).fast_append() as append:
+            for data_file in data_files:
+                append.append_data_file(data_file)

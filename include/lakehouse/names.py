@@ -109,3 +109,5 @@ def gold_checkpoint(settings: Settings, exchange: str) -> str:
 # Snapshot-summary key on every Silver and dead-letter append: "<streaming query id>:<batch id>",
 # so a retried micro-batch skips the table it already wrote.
 SILVER_BATCH_PROPERTY = "lakehouse.silver.batch"
+# Dead-lettered rows of that batch by error_type (JSON), on its Silver and dead-letter commits.
+SILVER_DEAD_PROPERTY = "lakehouse.silver.dead-lettered"

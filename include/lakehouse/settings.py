@@ -84,7 +84,6 @@ class Settings:
     silver_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Silver (files per micro-batch).", 200)
     gold_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Gold (files per micro-batch).", 200)
     gold_watermark_minutes: int = _doc("Event-time window in which Gold dedupes cheaply in-batch.", 5)
-    gold_dedupe_lookback_hours: int = _doc("How far back (event time) Gold looks for an existing twin.", 48)
     dlq_retention_days: int = _doc("Dead-letter rows older than this are archived then purged.", 30)
     snapshot_retention_hours: int = _doc("Snapshots older than this are expired by maintenance.", 24)
     # --- producers -----------------------------------------------------------------------
@@ -154,6 +153,10 @@ class Settings:
     # --- Silver: decode, validate, dead-letter, replay (issue 5) --------------------------------
     silver_max_rows_per_batch: int = _doc("Admission cap of Silver micro-batches in Bronze rows (soft: whole files), "
                                           "next to silver_max_files_per_batch.", 2_000_000)
+    silver_rows_per_file: int = _doc("Rows a Silver task buffers before it writes them as data files (its memory "
+                                     "bound: about 300 bytes a row).", 500_000)
+    silver_split_size_mb: int = _doc("Bronze bytes per Silver task within a micro-batch (Iceberg split size): "
+                                     "smaller spreads a large batch over more cores, larger writes fewer files.", 16)
     silver_poll_interval_s: float = _doc("How often a Silver run checks whether it has reached the Bronze snapshot "
                                          "that was current when it started, seconds.", 0.2)
     silver_fault_injection: str = _doc("Fault injection for kill-and-retry tests: fail each Silver batch after_silver "
@@ -281,7 +284,7 @@ def _validate(s: Settings) -> None:
                      "bronze_max_records_per_run", "bronze_records_per_task", "silver_max_files_per_batch",
                      "gold_max_files_per_batch", "airflow_parallelism", "airflow_spark_pool_slots",
                      "deadline_bronze_s", "deadline_silver_s", "deadline_gold_s", "dlq_retention_days",
-                     "snapshot_retention_hours", "gold_dedupe_lookback_hours"):
+                     "snapshot_retention_hours"):
         if getattr(s, positive) <= 0:
             raise bad(positive, "must be greater than zero")
     if s.producer_rate <= 0:
@@ -307,7 +310,8 @@ def _validate(s: Settings) -> None:
     if s.airflow_max_retry_delay_s < s.airflow_retry_delay_s:
         raise bad("airflow_max_retry_delay_s", "must not be smaller than LAKEHOUSE_AIRFLOW_RETRY_DELAY_S")
     # Silver (issue 5)
-    for positive in ("silver_max_rows_per_batch", "silver_poll_interval_s"):
+    for positive in ("silver_max_rows_per_batch", "silver_poll_interval_s", "silver_rows_per_file",
+                     "silver_split_size_mb"):
         if getattr(s, positive) <= 0:
             raise bad(positive, "must be greater than zero")
     if s.silver_fault_injection not in SILVER_FAULT_POINTS:

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import fastavro
+import pyarrow.compute as pc
 import pytest
 from pyspark.sql import SparkSession
 
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.integration
 EX = "binance"
 NEWER = copy.deepcopy(avro.load_schema())
 NEWER["fields"].append({"name": "venue", "type": ["null", "string"], "default": None})
-ODD_RULE = rules.Rule("platform_sequence_even", "odd_sequence", "platform_sequence % 2 = 0",
+ODD_RULE = rules.Rule("platform_sequence_even", "odd_sequence",
+                      pc.bit_wise_and(rules.col("platform_sequence"), 1) == 0,
                       "platform_sequence must be even", "platform_sequence")
 
 

@@ -233,3 +233,18 @@ def test_the_raw_value_is_left_out_when_not_kept() -> None:
     out = decode_batch(batch, Decoder(FakeRegistry({1: SCHEMA})), keep_value=False)
     assert out.schema.names[-1] == "bronze_offset" and "value" not in out.schema.names
     assert out.column("trade_id").to_pylist() == ["1"]
+
+
+def test_decimal_bytes_convert_vectorized_exactly_like_int_from_bytes() -> None:
+    from lakehouse.silver.decode import _big_endian_int64
+
+    rng = random.Random(7)
+    picks = [0, 1, -1, 127, 128, -128, -129, 255, 256, 2**62, -(2**62), 2**63 - 1, -(2**63) + 1]
+    numbers = [rng.choice(picks + [rng.randint(-10**17, 10**17)] * 5) for _ in range(5000)]
+    raws = [None if i % 97 == 0 else b"" if i % 89 == 0 else
+            n.to_bytes(max(1, (n.bit_length() + 8) // 8), "big", signed=True) for i, n in enumerate(numbers)]
+    expected = [0 if r is None else int.from_bytes(r, "big", signed=True) for r in raws]
+    column = pa.array(raws, pa.binary())
+    assert _big_endian_int64(column).tolist() == expected
+    assert _big_endian_int64(column.slice(3, 500)).tolist() == expected[3:503]
+    assert _big_endian_int64(pa.array([b"\x01" * 9], pa.binary())) is None  # longer than int64: careful path

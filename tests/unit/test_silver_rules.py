@@ -1,32 +1,36 @@
-"""Silver's validation rules on tiny inline DataFrames: each rule's category and reason, precedence, NULLs."""
+"""Silver's validation rules on tiny inline Arrow batches: each rule's category and reason, precedence, NULLs."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
-from pyspark.sql import SparkSession
 
-from lakehouse.silver.decode import decoded_spark_fields
-from lakehouse.silver.rules import CATEGORIES, MAX_AGE_US, REFERENCE_TIME_US, RULES, apply_rules
+from lakehouse.silver.decode import V2_ARROW_FIELDS
+from lakehouse.silver.rules import CATEGORIES, MAX_AGE_US, REFERENCE_TIME_US, RULES, Rule, col, evaluate
 from lakehouse.silver.synthetic import trade
 
 REF_US = 1_767_225_600_000_000  # the record reached Bronze at 2026-01-01T00:00:00Z
-V2 = decoded_spark_fields()[:15]
+SCHEMA = pa.schema([*V2_ARROW_FIELDS, pa.field(REFERENCE_TIME_US, pa.int64())])
 
 
-def check(spark: SparkSession, *records: dict[str, Any]) -> list[dict[str, Any]]:
-    from pyspark.sql import types as T
-
-    schema = T.StructType([*V2, T.StructField(REFERENCE_TIME_US, T.LongType(), False)])
-    rows = [tuple(r.get(f.name) for f in V2) + (REF_US,) for r in records]
-    out = apply_rules(spark.createDataFrame(rows, schema)).collect()
-    return [row.asDict() for row in out]
+def batch(*records: dict[str, Any]) -> pa.RecordBatch:
+    rows = [{**r, "vendor_data": list((r.get("vendor_data") or {}).items()) or None, REFERENCE_TIME_US: REF_US}
+            for r in records]
+    return pa.RecordBatch.from_pylist(rows, schema=SCHEMA)
 
 
-def test_a_valid_trade_breaks_no_rule(spark: SparkSession) -> None:
-    (row,) = check(spark, trade(1, REF_US - 5_000_000))
+def check(*records: dict[str, Any], rules: tuple[Rule, ...] | None = None,
+          skip: list[bool] | None = None) -> list[dict[str, Any]]:
+    types, reasons = evaluate(batch(*records), rules, None if skip is None else pa.array(skip))
+    return [{"rule_error_type": t, "rule_error_reason": r} for t, r in zip(types.to_pylist(), reasons.to_pylist())]
+
+
+def test_a_valid_trade_breaks_no_rule() -> None:
+    (row,) = check(trade(1, REF_US - 5_000_000))
     assert row["rule_error_type"] is None and row["rule_error_reason"] is None
 
 
@@ -51,21 +55,21 @@ def test_a_valid_trade_breaks_no_rule(spark: SparkSession) -> None:
     ({"asset_class": None}, "asset_class_crypto", "invalid_asset_class", "got NULL"),
 ])
 def test_each_rule_sets_its_category_and_names_itself_in_the_reason(
-        spark: SparkSession, overrides: dict[str, Any], rule: str, category: str, shown: str) -> None:
-    (row,) = check(spark, trade(1, REF_US - 5_000_000, **overrides))
+        overrides: dict[str, Any], rule: str, category: str, shown: str) -> None:
+    (row,) = check(trade(1, REF_US - 5_000_000, **overrides))
     by_name = {r.name: r for r in RULES}
     assert row["rule_error_type"] == category
     assert row["rule_error_reason"].startswith(f"{rule}: {by_name[rule].reason} (")
     assert f"({shown})" in row["rule_error_reason"]
 
 
-def test_time_rules_are_inclusive_at_their_bounds(spark: SparkSession) -> None:
-    rows = check(spark, trade(1, REF_US), trade(2, REF_US - MAX_AGE_US))
+def test_time_rules_are_inclusive_at_their_bounds() -> None:
+    rows = check(trade(1, REF_US), trade(2, REF_US - MAX_AGE_US))
     assert [r["rule_error_type"] for r in rows] == [None, None]
 
 
-def test_first_broken_rule_sets_the_type_and_the_reason_lists_every_broken_rule(spark: SparkSession) -> None:
-    (row,) = check(spark, trade(1, REF_US + 10, price=Decimal("-1"), side="HOLD", asset_class="fx"))
+def test_first_broken_rule_sets_the_type_and_the_reason_lists_every_broken_rule() -> None:
+    (row,) = check(trade(1, REF_US + 10, price=Decimal("-1"), side="HOLD", asset_class="fx"))
     assert row["rule_error_type"] == "invalid_price"
     parts = row["rule_error_reason"].split("; ")
     assert [p.split(":")[0] for p in parts] == ["price_positive", "side_valid", "timestamp_not_future",
@@ -76,3 +80,19 @@ def test_rules_are_data_with_unique_names() -> None:
     assert len({r.name for r in RULES}) == len(RULES)
     assert set(CATEGORIES) == {"invalid_price", "invalid_quantity", "missing_symbol", "invalid_side",
                                "invalid_timestamp", "missing_message_id", "invalid_asset_class"}
+
+
+def test_skipped_rows_and_valid_rows_get_no_error_in_a_mixed_batch() -> None:
+    rows = check(trade(1, REF_US - 1), trade(2, REF_US - 1, price=Decimal("0")), trade(3, REF_US - 1, side="X"),
+                 skip=[False, False, True])
+    assert [r["rule_error_type"] for r in rows] == [None, "invalid_price", None]
+    assert rows[1]["rule_error_reason"] == "price_positive: price must be greater than 0 (got 0.00000000)"
+
+
+def test_a_rule_is_an_arrow_expression_over_the_decoded_columns() -> None:
+    even = Rule("platform_sequence_even", "odd_sequence", pc.bit_wise_and(col("platform_sequence"), 1) == 0,
+                "platform_sequence must be even", "platform_sequence")
+    rows = check(trade(1, REF_US - 1, platform_sequence=7), trade(2, REF_US - 1, platform_sequence=8),
+                 rules=(*RULES, even))
+    assert [r["rule_error_type"] for r in rows] == ["odd_sequence", None]
+    assert rows[0]["rule_error_reason"] == "platform_sequence_even: platform_sequence must be even (got 7)"

@@ -23,7 +23,7 @@ from pyiceberg.table import Table
 from lakehouse import names, tables
 from lakehouse.bronze.errors import TableMissingError
 from lakehouse.bronze.planning import decode_offsets
-from lakehouse.catalog import load_catalog
+from lakehouse.catalog import append_data_files, load_catalog
 from lakehouse.settings import Settings
 
 if TYPE_CHECKING:
@@ -153,10 +153,7 @@ def append_to_branch(table: Table, branch: str, data_files: Sequence[DataFile], 
     Nothing else writes a run's branch, so this append cannot race; main moves only later, by
     the conditional ``fast_forward``.
     """
-    with table.transaction() as tx:
-        with tx.update_snapshot(snapshot_properties=dict(properties), branch=branch).fast_append() as append:
-            for data_file in data_files:
-                append.append_data_file(data_file)
+    append_data_files(table, data_files, properties, branch=branch)
 
 
 def fast_forward(spark: SparkSession, settings: Settings, exchange: str, branch: str) -> None:

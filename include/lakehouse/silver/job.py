@@ -10,16 +10,18 @@ refuses any batch after that before it writes anything (the refused batch stays 
 the checkpoint and is the first batch of the next run). The contract is availableNow's: what
 was there at start, in bounded batches, then exit.
 
-Each micro-batch streams every row once through decode and validation into the Silver append,
-then decodes the few failing rows again for the dead-letter append (:func:`process_batch`); both
-appends are tagged for idempotence (:mod:`lakehouse.silver.writer`). Each batch reports
-read/valid/dead-lettered counts, DLQ rate and duration as a log line and StatsD metrics
-(``silver.*``, tagged by exchange and error_type).
+In each micro-batch the Spark tasks decode and validate every row once and write the Silver and
+dead-letter data files themselves (:mod:`lakehouse.silver.tasks`); the driver commits each
+table's files in one commit tagged with the batch, so a retried batch skips what is committed
+(:func:`process_batch`). Each batch reports read/valid/dead-lettered counts, DLQ rate and
+duration as a log line and StatsD metrics (``silver.*``, tagged by exchange and error_type).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -30,14 +32,25 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lakehouse import names
-from lakehouse.catalog import load_catalog
+from lakehouse.catalog import append_data_files, load_catalog
 from lakehouse.metrics import StatsD
 from lakehouse.registry import RegistryUnavailableError
 from lakehouse.settings import Settings
-from lakehouse.silver.transform import ERROR_REASON, ERROR_TYPE, LINEAGE, dlq_rows, from_bronze, silver_rows, transform
-from lakehouse.silver.writer import append_tagged, appended_rows, batch_tag, tagged_snapshot
+from lakehouse.silver import rules
+from lakehouse.silver.tasks import (
+    RECHECK_PASSED,
+    RECHECK_REASON,
+    RESULT_DDL,
+    BatchContext,
+    TableTarget,
+    decode_files,
+    run_task,
+)
+from lakehouse.silver.transform import LINEAGE, SOURCE_COLUMNS, from_bronze
+from lakehouse.silver.writer import appended_rows, batch_tag, tagged_snapshot
 
 if TYPE_CHECKING:
+    from pyiceberg.manifest import DataFile
     from pyiceberg.table.snapshots import Snapshot
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
@@ -48,10 +61,6 @@ METRIC = "silver"
 QUERY_ID_PROPERTY = "sql.streaming.queryId"  # Spark sets it on the thread running foreachBatch
 _IDLE_MESSAGE = "Waiting for data to arrive"  # Spark's status after a trigger that found no new data
 EXTRA_BATCHES = 1  # micro-batches a run still admits after consuming its target (see _Progress)
-LISTED_FAILURES_MAX = 100_000  # failing rows the Silver pass lists by lineage; beyond, pass 2 diffs with Silver
-RECHECK_PASSED = "passed_on_recheck"
-RECHECK_REASON = ("failed when the batch was written to Silver but passed when re-checked for the dead-letter "
-                  "write (a writer schema registered in between?); 'lakehouse dlq replay' moves it to Silver")
 
 
 class SilverRunError(RuntimeError):
@@ -113,115 +122,118 @@ def _inject(settings: Settings, point: str) -> None:
 
 
 def process_batch(bronze_rows: DataFrame, settings: Settings, exchange: str, tag: str) -> BatchStats:
-    """Silver rows, then dead-letter rows of one micro-batch, each table written at most once per ``tag``.
+    """Silver rows, then dead-letter rows of one micro-batch, each table committed at most once per ``tag``.
 
-    Pass 1 decodes and validates every row once, streaming straight into the Silver append; an
-    observation on that write counts the failing rows and lists their lineage. Pass 2 decodes
-    only those rows again (from the same micro-batch, raw bytes included) for the dead-letter
-    append, so valid rows are decoded once and nothing is cached. A retried batch whose Silver
-    commit exists finds its failing rows by difference with the rows that commit appended.
+    The tasks decode and validate every row once and write both tables' data files
+    (:mod:`lakehouse.silver.tasks`); the driver then commits the Silver files, then the
+    dead-letter files, each commit tagged with ``tag`` and the batch's dead-letter counts. A
+    retried batch skips every table whose commit exists; when only the Silver commit exists, the
+    rows it lacks (a join on lineage) are dead-lettered.
     """
     started = time.monotonic()
     now = dt.datetime.now(dt.timezone.utc)
-    silver_table = names.silver_table(exchange)
+    catalog = load_catalog(settings)
+    silver = catalog.load_table(names.silver_table(exchange))
+    dlq = catalog.load_table(names.DLQ_TABLE)
+    silver_snap, dlq_snap = tagged_snapshot(silver, tag), tagged_snapshot(dlq, tag)
     source = from_bronze(bronze_rows)
-    failed_keys: list[tuple[str, int, int]] | None = None  # lineage of the failing rows, when known
-    silver_snap = tagged_snapshot(settings, silver_table, tag)
-    wrote_silver = silver_snap is None
+    context = BatchContext(settings=settings, rules=rules.RULES, bronze_source=names.bronze_table(exchange),
+                           silver=TableTarget.of(silver), dlq=None if dlq_snap else TableTarget.of(dlq),
+                           now_us=int(now.timestamp() * 1_000_000), rows_per_file=settings.silver_rows_per_file)
+    wrote_silver = wrote_dlq = False
+    dead = _committed_dead(bronze_rows.sparkSession, settings, dlq_snap) if dlq_snap is not None else None
     if silver_snap is None:
-        failed_keys = _write_silver(source, settings, silver_table, tag, now)
-        silver_snap = tagged_snapshot(settings, silver_table, tag)  # None if Iceberg skipped an empty append
-    valid = int(silver_snap.summary.get("added-records") or 0) if silver_snap and silver_snap.summary else 0
-    _inject(settings, "after_silver")
-
-    dlq_snap = tagged_snapshot(settings, names.DLQ_TABLE, tag)
-    wrote_dlq = False
-    if dlq_snap is not None:
-        dead = _error_counts(appended_rows(bronze_rows.sparkSession, settings, names.DLQ_TABLE, dlq_snap))
-    elif failed_keys == []:
-        dead = {}
+        result = _run_tasks(source, context)
+        valid = result.valid
+        dead = result.dead if dead is None else dead
+        properties = {names.SILVER_BATCH_PROPERTY: tag, names.SILVER_DEAD_PROPERTY: json.dumps(result.dead)}
+        if result.silver_files:
+            append_data_files(silver, result.silver_files, properties)
+            wrote_silver = True
+        _inject(settings, "after_silver")
+        if dlq_snap is None and result.dlq_files:
+            append_data_files(dlq, result.dlq_files, properties)
+            wrote_dlq = True
     else:
-        candidates = (_listed(source, failed_keys) if failed_keys is not None
-                      else _not_in_silver(source, settings, silver_table, silver_snap))
-        dead = _write_dlq(candidates, settings, exchange, tag, now)
-        wrote_dlq = bool(dead)
-        if failed_keys is not None and sum(dead.values()) != len(failed_keys):
-            log.warning("dead-letter rows differ from the rows that failed the Silver pass",
-                        extra={"exchange": exchange, "batch_tag": tag, "failed": len(failed_keys),
-                               "dead_lettered": sum(dead.values())})
+        valid = int(silver_snap.summary.get("added-records") or 0) if silver_snap.summary else 0
+        _inject(settings, "after_silver")
+        expected = _dead_counts(silver_snap)
+        if dead is None and expected == {}:
+            dead = {}
+        elif dead is None:  # the Silver commit exists, the dead-letter one does not
+            context = dataclasses.replace(context, silver=None, dlq=TableTarget.of(dlq), recheck=True)
+            result = _run_tasks(_not_in_silver(source, settings, names.silver_table(exchange), silver_snap), context)
+            dead = result.dead
+            if result.dlq_files:
+                append_data_files(dlq, result.dlq_files, {names.SILVER_BATCH_PROPERTY: tag,
+                                                          names.SILVER_DEAD_PROPERTY: json.dumps(dead)})
+                wrote_dlq = True
+            if expected is not None and dead != expected:
+                log.warning("dead-letter rows differ from the rows that failed the Silver pass",
+                            extra={"exchange": exchange, "batch_tag": tag, "failed": expected, "dead_lettered": dead})
     _inject(settings, "after_both")
     return BatchStats(batch_id=int(tag.rsplit(":", 1)[1]), read=valid + sum(dead.values()), valid=valid,
                       dead_lettered=dead, duration_s=time.monotonic() - started,
                       wrote_silver=wrote_silver, wrote_dlq=wrote_dlq)
 
 
-def _write_silver(source: DataFrame, settings: Settings, table: str, tag: str,
-                  now: dt.datetime) -> list[tuple[str, int, int]] | None:
-    """Pass 1: append the valid rows; return the failing rows' lineage (None when too many to list)."""
-    from pyspark.sql import Observation
-    from pyspark.sql import functions as F
-
-    failing = F.col(ERROR_TYPE).isNotNull()
-    observation = Observation()
-    observed = transform(source, settings, keep_value=False).observe(
-        observation,
-        F.sum(F.when(failing, 1).otherwise(0)).alias("failed"),
-        F.to_json(F.collect_list(F.when(failing, F.array(*[F.col(c).cast("string") for c in LINEAGE]))))
-        .alias("keys"))
-    append_tagged(silver_rows(observed, now), settings, table, tag)
-    metrics = observation.get  # available once the append (the observed action) has succeeded
-    if int(metrics["failed"] or 0) > LISTED_FAILURES_MAX:
-        return None
-    return [(topic, int(partition), int(offset)) for topic, partition, offset in json.loads(metrics["keys"] or "[]")]
+@dataclass(frozen=True)
+class TaskResults:
+    valid: int
+    dead: dict[str, int]
+    silver_files: list[DataFile]
+    dlq_files: list[DataFile]
 
 
-def _listed(source: DataFrame, keys: list[tuple[str, int, int]]) -> DataFrame:
-    """The rows of ``source`` with the given lineage (a small broadcast semi-join)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    key_schema = T.StructType([T.StructField(LINEAGE[0], T.StringType()), T.StructField(LINEAGE[1], T.IntegerType()),
-                               T.StructField(LINEAGE[2], T.LongType())])
-    listed = source.sparkSession.createDataFrame(keys, key_schema)
-    offsets = [k[2] for k in keys]
-    narrowed = source.where(F.col(LINEAGE[2]).between(min(offsets), max(offsets)))  # lets the scan skip files
-    return narrowed.join(F.broadcast(listed), list(LINEAGE), "left_semi")
+def _run_tasks(rows: DataFrame, context: BatchContext) -> TaskResults:
+    """Run :func:`lakehouse.silver.tasks.run_task` over ``rows`` and gather what the tasks wrote."""
+    results = rows.select(*SOURCE_COLUMNS).mapInArrow(functools.partial(run_task, ctx=context), RESULT_DDL).collect()
+    dead: Counter[str] = Counter()
+    for row in results:
+        dead.update(json.loads(row["dead"]))
+    return TaskResults(valid=sum(int(row["valid"]) for row in results), dead=dict(dead),
+                       silver_files=[f for row in results for f in decode_files(row["silver_files"])],
+                       dlq_files=[f for row in results for f in decode_files(row["dlq_files"])])
 
 
-def _not_in_silver(source: DataFrame, settings: Settings, table: str, silver_snap: Snapshot | None) -> DataFrame:
+def _dead_counts(snap: Snapshot) -> dict[str, int] | None:
+    """The batch's dead-letter counts recorded on its commit (None if not recorded)."""
+    raw = snap.summary.get(names.SILVER_DEAD_PROPERTY) if snap.summary is not None else None
+    return {str(k): int(v) for k, v in json.loads(raw).items()} if raw else None
+
+
+def _committed_dead(spark: SparkSession, settings: Settings, dlq_snap: Snapshot) -> dict[str, int]:
+    """Dead-letter counts of a batch's dead-letter commit (counted from its rows if not recorded)."""
+    counts = _dead_counts(dlq_snap)
+    if counts is None:
+        rows = appended_rows(spark, settings, names.DLQ_TABLE, dlq_snap).groupBy("error_type").count().collect()
+        counts = {row["error_type"]: int(row["count"]) for row in rows}
+    return counts
+
+
+def _not_in_silver(source: DataFrame, settings: Settings, table: str, silver_snap: Snapshot) -> DataFrame:
     """The rows of ``source`` that the batch's Silver commit did not append: the failing ones."""
-    if silver_snap is None:
-        return source
     appended = appended_rows(source.sparkSession, settings, table, silver_snap).select(*LINEAGE)
     return source.join(appended, list(LINEAGE), "left_anti")
 
 
 def _write_dlq(candidates: DataFrame, settings: Settings, exchange: str, tag: str,
                now: dt.datetime) -> dict[str, int]:
-    """Pass 2: decode and validate the failing rows again, raw bytes included, and append them.
+    """Dead-letter every row of ``candidates`` (rows a Silver commit lacks) in one commit tagged ``tag``.
 
-    A row that passes this time failed a moment ago (a writer schema got registered in between):
-    it is not in Silver, so it is dead-lettered as ``passed_on_recheck`` for ``lakehouse dlq replay``.
+    A row that passes validation now failed a moment ago (a writer schema got registered in
+    between): it is not in Silver, so it is dead-lettered as ``passed_on_recheck`` for
+    ``lakehouse dlq replay``.
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    checked = transform(candidates, settings, keep_value=True)
-    passed = F.col(ERROR_TYPE).isNull()
-    checked = (checked.withColumn(ERROR_REASON, F.when(passed, F.lit(RECHECK_REASON)).otherwise(F.col(ERROR_REASON)))
-                      .withColumn(ERROR_TYPE, F.when(passed, F.lit(RECHECK_PASSED)).otherwise(F.col(ERROR_TYPE))))
-    rows = dlq_rows(checked, exchange, now).persist(StorageLevel.MEMORY_AND_DISK)  # few rows, used twice
-    try:
-        dead = _error_counts(rows)
-        if dead:
-            append_tagged(rows, settings, names.DLQ_TABLE, tag)
-    finally:
-        rows.unpersist()
-    return dead
-
-
-def _error_counts(rows: DataFrame) -> dict[str, int]:
-    return {row[ERROR_TYPE]: int(row["count"]) for row in rows.groupBy(ERROR_TYPE).count().collect()}
+    dlq = load_catalog(settings).load_table(names.DLQ_TABLE)
+    context = BatchContext(settings=settings, rules=rules.RULES, bronze_source=names.bronze_table(exchange),
+                           silver=None, dlq=TableTarget.of(dlq), now_us=int(now.timestamp() * 1_000_000),
+                           rows_per_file=settings.silver_rows_per_file, recheck=True)
+    result = _run_tasks(candidates, context)
+    if result.dlq_files:
+        append_data_files(dlq, result.dlq_files, {names.SILVER_BATCH_PROPERTY: tag,
+                                                  names.SILVER_DEAD_PROPERTY: json.dumps(result.dead)})
+    return result.dead
 
 
 def report_batch(stats: BatchStats, exchange: str, statsd: StatsD) -> None:
@@ -386,6 +398,7 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
         .option("streaming-max-files-per-micro-batch", settings.silver_max_files_per_batch)
         .option("streaming-max-rows-per-micro-batch", settings.silver_max_rows_per_batch)
         .option("streaming-skip-delete-snapshots", "true")
+        .option("split-size", str(settings.silver_split_size_mb * 1024 * 1024))
         .table(names.qualified(settings, names.bronze_table(exchange)))
         .writeStream
         .option("checkpointLocation", checkpoint)
@@ -415,5 +428,5 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
             query.stop()
 
 
-__all__ = ["BatchStats", "InjectedFault", "RunSummary", "SilverRunError", "Target", "bronze_target",
-           "process_batch", "run"]
+__all__ = ["RECHECK_PASSED", "RECHECK_REASON", "BatchStats", "InjectedFault", "RunSummary", "SilverRunError",
+           "Target", "bronze_target", "process_batch", "run"]

@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING
 
 from lakehouse import names, tables
 from lakehouse.settings import Settings
-from lakehouse.silver.decode import DECODE_ERROR_REASON, DECODE_ERROR_TYPE, arrow_decoder, decoded_spark_fields
-from lakehouse.silver.rules import REFERENCE_TIME_US, RULE_ERROR_REASON, RULE_ERROR_TYPE, apply_rules
+from lakehouse.silver import rules
+from lakehouse.silver.decode import DECODE_ERROR_REASON, DECODE_ERROR_TYPE, decoded_spark_fields
+from lakehouse.silver.rules import REFERENCE_TIME_US
+from lakehouse.silver.validate import ERROR_REASON, ERROR_TYPE, arrow_validator
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
+    from pyspark.sql import types as T
 
 VALUE = "value"
-ERROR_TYPE = "error_type"
-ERROR_REASON = "error_reason"
 LINEAGE = ("bronze_topic", "bronze_partition", "bronze_offset")
 # What transform() needs: raw value, Bronze lineage and the reference time of the time rules.
 SOURCE_COLUMNS = (VALUE, *LINEAGE, REFERENCE_TIME_US)
@@ -47,32 +48,28 @@ def from_dlq(dlq: DataFrame) -> DataFrame:
                       F.unix_micros(F.col("dlq_timestamp")).alias(REFERENCE_TIME_US))
 
 
-def decode(source: DataFrame, settings: Settings, keep_value: bool = True) -> DataFrame:
-    """Decode ``value`` vectorized (``mapInArrow``): decoded columns first, then the input columns
-    (``value`` only if ``keep_value``)."""
+def validated_spark_fields() -> list[T.StructField]:
+    """Spark fields of the validated columns (V2, schema id, error type and reason)."""
     from pyspark.sql import types as T
 
-    passed = [f for f in source.schema.fields if keep_value or f.name != VALUE]
-    schema = T.StructType(decoded_spark_fields() + passed)
-    return source.mapInArrow(arrow_decoder(settings, VALUE, keep_value), schema)
+    decoded = [f for f in decoded_spark_fields() if f.name not in (DECODE_ERROR_TYPE, DECODE_ERROR_REASON)]
+    return decoded + [T.StructField(ERROR_TYPE, T.StringType(), True),
+                      T.StructField(ERROR_REASON, T.StringType(), True)]
 
 
 def transform(source: DataFrame, settings: Settings, keep_value: bool = True) -> DataFrame:
-    """Decode and validate: V2 columns, schema id, lineage, ``error_type``/``error_reason`` (NULL when valid).
+    """Decode and validate (``mapInArrow``): V2 columns, schema id, ``error_type``/``error_reason``
+    (NULL when valid), then the source columns (``value`` only if ``keep_value``).
 
-    ``keep_value=False`` leaves the raw bytes out of the result: the Silver write needs none of
-    them, and carrying them back from the Python workers is a copy of every value.
+    The rules are :data:`lakehouse.silver.rules.RULES` as the driver has them when it builds the
+    plan; they travel to the executors with the function.
     """
-    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
-    checked = apply_rules(decode(source.select(*SOURCE_COLUMNS), settings, keep_value))
-    decode_failed = F.col(DECODE_ERROR_TYPE).isNotNull()
-    error_type = F.when(decode_failed, F.col(DECODE_ERROR_TYPE)).otherwise(F.col(RULE_ERROR_TYPE))
-    error_reason = F.when(decode_failed, F.col(DECODE_ERROR_REASON)).otherwise(F.col(RULE_ERROR_REASON))
-    return (checked
-            .withColumn(ERROR_TYPE, error_type)
-            .withColumn(ERROR_REASON, error_reason)
-            .drop(DECODE_ERROR_TYPE, DECODE_ERROR_REASON, RULE_ERROR_TYPE, RULE_ERROR_REASON))
+    source = source.select(*SOURCE_COLUMNS)
+    passed = [f for f in source.schema.fields if keep_value or f.name != VALUE]
+    schema = T.StructType(validated_spark_fields() + passed)
+    return source.mapInArrow(arrow_validator(settings, rules.RULES, VALUE, keep_value), schema)
 
 
 def silver_columns(validated: DataFrame, validated_at: dt.datetime) -> list[Column]:
@@ -116,5 +113,5 @@ def dlq_rows(validated: DataFrame, exchange: str, dead_lettered_at: dt.datetime)
     return validated.where(F.col(ERROR_TYPE).isNotNull()).select(*columns)
 
 
-__all__ = ["ERROR_REASON", "ERROR_TYPE", "LINEAGE", "SOURCE_COLUMNS", "decode", "dlq_rows", "from_bronze",
-           "from_dlq", "silver_columns", "silver_rows", "transform"]
+__all__ = ["ERROR_REASON", "ERROR_TYPE", "LINEAGE", "SOURCE_COLUMNS", "dlq_rows", "from_bronze", "from_dlq",
+           "silver_columns", "silver_rows", "transform", "validated_spark_fields"]
