@@ -21,7 +21,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param
 
 from lakehouse import names
-from lakehouse.orchestration.dags import ERROR_TYPE_PATTERN, START_DATE, TAG, command_task, task_defaults
+from lakehouse.orchestration.dags import ERROR_TYPE_PATTERN, TAG, command_task, manual_dag_kwargs
 from lakehouse.settings import load_settings
 
 settings = load_settings()
@@ -30,11 +30,7 @@ with DAG(
     dag_id=names.DLQ_REPLAY_DAG,
     description="Manual: replay dead-letter rows of one error type through Silver validation",
     doc_md=__doc__,
-    schedule=None,
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=task_defaults(settings, "silver", timeout_s=settings.airflow_replay_timeout_s),
+    **manual_dag_kwargs(settings),
     tags=[TAG, "dlq", "manual", "replay"],
     params={
         "error_type": Param(type="string", pattern=ERROR_TYPE_PATTERN,

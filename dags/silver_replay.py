@@ -22,7 +22,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param
 
 from lakehouse import names
-from lakehouse.orchestration.dags import START_DATE, TAG, TIMESTAMP_PATTERN, command_task, task_defaults
+from lakehouse.orchestration.dags import TAG, TIMESTAMP_PATTERN, command_task, manual_dag_kwargs
 from lakehouse.settings import load_settings
 
 settings = load_settings()
@@ -31,11 +31,7 @@ with DAG(
     dag_id=names.SILVER_REPLAY_DAG,
     description="Manual: rebuild Silver from Bronze for one exchange and time range",
     doc_md=__doc__,
-    schedule=None,
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args=task_defaults(settings, "silver", timeout_s=settings.airflow_replay_timeout_s),
+    **manual_dag_kwargs(settings),
     tags=[TAG, "silver", "manual", "replay"],
     params={
         "exchange": Param(settings.exchanges[0], type="string", enum=list(settings.exchanges),

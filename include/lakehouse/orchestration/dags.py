@@ -68,6 +68,17 @@ def task_defaults(settings: Settings, layer: str | None, timeout_s: int | None =
     }
 
 
+def manual_dag_kwargs(settings: Settings) -> dict[str, Any]:
+    """What every manually triggered replay DAG shares: no schedule, one run at a time, the replay timeout."""
+    return {
+        "schedule": None,
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": task_defaults(settings, "silver", timeout_s=settings.airflow_replay_timeout_s),
+    }
+
+
 def table_asset(settings: Settings, table: str) -> Asset:
     """The Airflow asset of an Iceberg table (name = catalog-qualified table, URI from lakehouse.names)."""
     return Asset(name=names.qualified(settings, table), uri=names.asset_uri(settings, table), group="lakehouse")

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from lakehouse.cli import CliError, to_json
 from lakehouse.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from lakehouse.silver.replay import ReplaySummary
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -42,36 +48,37 @@ def _print(summary: dict[str, object], as_json: bool) -> None:
           f"(in Silver), dead-lettered: {detail}")
 
 
-def cmd_replay_silver(args: argparse.Namespace, settings: Settings) -> int:
-    from lakehouse.silver.replay import ReplayError, replay_silver
+def _replay(args: argparse.Namespace, settings: Settings, app_name: str,
+            replay: Callable[[SparkSession], ReplaySummary]) -> int:
+    """Run one replay in its own SparkSession and print its summary; a ReplayError is one CLI line."""
+    from lakehouse.silver.replay import ReplayError
     from lakehouse.spark import session
+
+    spark = session(settings, app_name)
+    try:
+        summary = replay(spark)
+    except ReplayError as err:
+        raise CliError(str(err)) from err
+    finally:
+        spark.stop()
+    _print(summary.as_dict(), args.json)
+    return 0
+
+
+def cmd_replay_silver(args: argparse.Namespace, settings: Settings) -> int:
+    from lakehouse.silver.replay import replay_silver
 
     if args.exchange not in settings.exchanges:
         raise CliError(f"unknown exchange {args.exchange!r}; configured: {', '.join(settings.exchanges)}")
-    spark = session(settings, f"lakehouse-replay-silver-{args.exchange}")
-    try:
-        summary = replay_silver(spark, settings, args.exchange, args.start, args.end, args.by)
-    except ReplayError as err:
-        raise CliError(str(err)) from err
-    finally:
-        spark.stop()
-    _print(summary.as_dict(), args.json)
-    return 0
+    return _replay(args, settings, f"lakehouse-replay-silver-{args.exchange}",
+                   lambda spark: replay_silver(spark, settings, args.exchange, args.start, args.end, args.by))
 
 
 def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from lakehouse.silver.replay import ReplayError, replay_dlq
-    from lakehouse.spark import session
+    from lakehouse.silver.replay import replay_dlq
 
-    spark = session(settings, "lakehouse-dlq-replay")
-    try:
-        summary = replay_dlq(spark, settings, args.error_type, args.exchange)
-    except ReplayError as err:
-        raise CliError(str(err)) from err
-    finally:
-        spark.stop()
-    _print(summary.as_dict(), args.json)
-    return 0
+    return _replay(args, settings, "lakehouse-dlq-replay",
+                   lambda spark: replay_dlq(spark, settings, args.error_type, args.exchange))
 
 
 def add_commands(sub: Any) -> None:

@@ -19,7 +19,6 @@ duration as a log line and StatsD metrics (``silver.*``, tagged by exchange and 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import functools
 import json
@@ -161,13 +160,9 @@ def process_batch(bronze_rows: DataFrame, settings: Settings, exchange: str, tag
         if dead is None and expected == {}:
             dead = {}
         elif dead is None:  # the Silver commit exists, the dead-letter one does not
-            context = dataclasses.replace(context, silver=None, dlq=TableTarget.of(dlq), recheck=True)
-            result = _run_tasks(_not_in_silver(source, settings, names.silver_table(exchange), silver_snap), context)
-            dead = result.dead
-            if result.dlq_files:
-                append_data_files(dlq, result.dlq_files, {names.SILVER_BATCH_PROPERTY: tag,
-                                                          names.SILVER_DEAD_PROPERTY: json.dumps(dead)})
-                wrote_dlq = True
+            dead = _write_dlq(_not_in_silver(source, settings, names.silver_table(exchange), silver_snap),
+                              settings, exchange, tag, now)
+            wrote_dlq = bool(dead)
             if expected is not None and dead != expected:
                 log.warning("dead-letter rows differ from the rows that failed the Silver pass",
                             extra={"exchange": exchange, "batch_tag": tag, "failed": expected, "dead_lettered": dead})

@@ -158,7 +158,8 @@ def partitions(data: pa.Table, metadata: TableMetadata) -> list[tuple[PartitionK
 
 
 def _timestamp(us: int, n: int) -> pa.Array:
-    return pa.array([us], pa.int64()).cast(US).take(pa.array([0] * n, pa.int32())) if n else pa.array([], US)
+    """``n`` times the instant ``us`` (microseconds since the epoch)."""
+    return pa.repeat(pa.scalar(us, US), n)
 
 
 def silver_batch(validated: pa.RecordBatch, schema: pa.Schema, validated_at_us: int) -> pa.RecordBatch:
