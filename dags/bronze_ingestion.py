@@ -1,8 +1,10 @@
 """
 ### Bronze ingestion: Kafka -> `market_data.bronze_<exchange>_trades`, every minute
 
-One task per configured exchange (`LAKEHOUSE_EXCHANGES`). Each run reads the Kafka records that
-arrived since the last run (admission cap `LAKEHOUSE_BRONZE_MAX_RECORDS_PER_RUN`) and appends the
+One task, one Spark application for every configured exchange (`LAKEHOUSE_EXCHANGES`); the
+task's XCom, log and asset events show each exchange's status and records, and a failure names
+the exchange. Each run reads, per exchange, the Kafka records that had arrived when it planned
+(end offsets fixed at planning, whatever is produced meanwhile) since the last run (admission cap `LAKEHOUSE_BRONZE_MAX_RECORDS_PER_RUN`) and appends the
 raw bytes with their Kafka metadata. The consumed offsets are committed in the same Iceberg commit
 as the rows: a killed or retried run neither loses nor duplicates a record.
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 from airflow.sdk import DAG
 
 from lakehouse import names
-from lakehouse.orchestration.dags import EVERY_MINUTE, START_DATE, TAG, layer_deadline, spark_job_task, task_defaults
+from lakehouse.orchestration.dags import START_DATE, TAG, layer_deadline, layer_schedule, spark_job_task, task_defaults
 from lakehouse.settings import load_settings
 
 settings = load_settings()
@@ -34,7 +36,7 @@ with DAG(
     dag_id=names.BRONZE_DAG,
     description="Kafka -> Bronze, one Spark run per exchange per minute",
     doc_md=__doc__,
-    schedule=EVERY_MINUTE,
+    schedule=layer_schedule(settings, "bronze"),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -42,5 +44,4 @@ with DAG(
     deadline=layer_deadline(settings, "bronze"),
     tags=[TAG, "bronze", "layer"],
 ) as dag:
-    for exchange in settings.exchanges:
-        spark_job_task(settings, "bronze", exchange)
+    spark_job_task(settings, "bronze")

@@ -1,7 +1,8 @@
 """
 ### Gold aggregation: Silver (all exchanges) -> `market_data.gold_crypto_trades`, every minute
 
-One task. Each run reads the Silver rows committed since its checkpoint from every exchange,
+One task. It runs every minute and as soon as a Silver table gets new data (asset events), and is
+skipped before Spark starts when Silver has nothing new. Each run reads the Silver rows committed since its checkpoint from every exchange,
 deduplicates by `message_id` (the same trade seen twice, e.g. after a websocket reconnect, lands
 once), and appends to the hourly-partitioned Gold table and its marts.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 from airflow.sdk import DAG
 
 from lakehouse import names
-from lakehouse.orchestration.dags import EVERY_MINUTE, START_DATE, TAG, layer_deadline, spark_job_task, task_defaults
+from lakehouse.orchestration.dags import START_DATE, TAG, layer_deadline, layer_schedule, spark_job_task, task_defaults
 from lakehouse.settings import load_settings
 
 settings = load_settings()
@@ -29,7 +30,7 @@ with DAG(
     dag_id=names.GOLD_DAG,
     description="Silver -> Gold: union of exchanges, deduplicated, every minute",
     doc_md=__doc__,
-    schedule=EVERY_MINUTE,
+    schedule=layer_schedule(settings, "gold"),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,

@@ -1,7 +1,9 @@
 """
-### Silver transformation: Bronze -> `market_data.silver_<exchange>_trades` + DLQ, every minute
+### Silver transformation: Bronze -> `market_data.silver_<exchange>_trades` + DLQ, every minute and on new Bronze data
 
-One task per configured exchange. Each run reads the Bronze rows committed since its checkpoint
+One task, one Spark application for every configured exchange (per-exchange status and records in
+the task's XCom, log and asset events). It runs every minute and as soon as a Bronze table gets
+new data (asset events), and is skipped before Spark starts when Bronze has nothing new. Each run reads the Bronze rows committed since its checkpoint
 (Iceberg streaming read, `availableNow`), decodes the Confluent-framed Avro, validates every
 trade, and writes valid rows to Silver and every failing row, with `error_type` and
 `error_reason`, to `market_data.silver_dlq_trades`. Nothing is dropped silently.
@@ -24,7 +26,7 @@ from __future__ import annotations
 from airflow.sdk import DAG
 
 from lakehouse import names
-from lakehouse.orchestration.dags import EVERY_MINUTE, START_DATE, TAG, layer_deadline, spark_job_task, task_defaults
+from lakehouse.orchestration.dags import START_DATE, TAG, layer_deadline, layer_schedule, spark_job_task, task_defaults
 from lakehouse.settings import load_settings
 
 settings = load_settings()
@@ -33,7 +35,7 @@ with DAG(
     dag_id=names.SILVER_DAG,
     description="Bronze -> Silver (+ DLQ), one Spark run per exchange per minute",
     doc_md=__doc__,
-    schedule=EVERY_MINUTE,
+    schedule=layer_schedule(settings, "silver"),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -41,5 +43,4 @@ with DAG(
     deadline=layer_deadline(settings, "silver"),
     tags=[TAG, "silver", "layer"],
 ) as dag:
-    for exchange in settings.exchanges:
-        spark_job_task(settings, "silver", exchange)
+    spark_job_task(settings, "silver")

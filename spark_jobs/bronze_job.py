@@ -1,6 +1,6 @@
-"""Bronze job: one run for one exchange (``--exchange X``), what Airflow and ``lakehouse run bronze`` submit.
+"""Bronze job: one run over every configured exchange (or ``--exchange X``), what Airflow and ``lakehouse run bronze`` submit.
 
-Reads what the exchange's Kafka topic holds at start (up to the admission cap), writes it to the
+For each exchange, reads what its Kafka topic holds at start (up to the admission cap), writes it to the
 Bronze table with the offsets in the same Iceberg commit, and exits. Exit code 0 on success
 (including a run with nothing new), 1 when the run failed loudly (data loss, concurrent run,
 Kafka unreachable), 2 on a bad argument or setting.
@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     from lakehouse.bronze.run import run_bronze
     from lakehouse.jobs import run_job
 
-    return run_job("bronze", __doc__.splitlines()[0], run_bronze, (BronzeError,), argv)
+    return run_job("bronze", __doc__.splitlines()[0], run_bronze, (BronzeError,), argv,
+                   describe=lambda result: (result.status, result.records, result.as_log()))
 
 
 if __name__ == "__main__":

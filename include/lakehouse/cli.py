@@ -133,12 +133,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from lakehouse.spark import spark_submit_binary, submit_spec
 
     job_args: list[str] = []
-    if args.layer in ("bronze", "silver"):
-        if not args.exchange:
-            raise CliError(f"'lakehouse run {args.layer}' needs --exchange ({', '.join(settings.exchanges)})")
-        if args.exchange not in settings.exchanges:
-            raise CliError(f"unknown exchange {args.exchange!r}; configured: {', '.join(settings.exchanges)}")
-        job_args = ["--exchange", args.exchange]
+    if args.exchange and args.layer == "gold":
+        raise CliError("'lakehouse run gold' always reads every exchange's Silver table: drop --exchange")
+    for exchange in args.exchange:
+        if exchange not in settings.exchanges:
+            raise CliError(f"unknown exchange {exchange!r}; configured: {', '.join(settings.exchanges)}")
+        job_args += ["--exchange", exchange]
     spec = submit_spec(settings, args.layer, job_args)
     argv = spec.argv(spark_submit_binary())
     if args.print_command:
@@ -148,9 +148,22 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return subprocess.call(argv, env=env)
 
 
+def cmd_jvm_archive(args: argparse.Namespace, settings: Settings) -> int:
+    """Build the AppCDS archive that cuts every layer run's JVM start (see lakehouse.jvm_archive)."""
+    from lakehouse.jvm_archive import ArchiveError, build
+
+    try:
+        path = build(settings)
+    except ArchiveError as err:
+        raise CliError(f"JVM archive not built (jobs still run, with a slower start): {err}") from err
+    print(f"JVM class-data-sharing archive: {path} ({path.stat().st_size // (1024 * 1024)} MiB)")
+    return 0
+
+
 # Modules contributing sub-commands: each defines ``add_commands(subparsers)`` whose parsers set
 # ``func`` to a handler ``(args, settings) -> exit code``.
-COMMAND_MODULES: tuple[str, ...] = ("lakehouse.orchestration.cli", "lakehouse.producer.cli", "lakehouse.silver.cli")
+COMMAND_MODULES: tuple[str, ...] = ("lakehouse.orchestration.cli", "lakehouse.producer.cli", "lakehouse.silver.cli",
+                                    "lakehouse.bench.sustained")  # lakehouse bench sustained
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,9 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one layer's Spark job via spark-submit (what Airflow runs)")
     p.add_argument("layer", choices=["bronze", "silver", "gold"])
-    p.add_argument("--exchange")
+    p.add_argument("--exchange", action="append", default=[],
+                   help="bronze/silver: only this exchange (repeatable; default: every configured exchange)")
     p.add_argument("--print-command", action="store_true", help="print the spark-submit command and exit")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("jvm-archive", help="build the Spark driver's class-data-sharing archive (run by make)")
+    p.set_defaults(func=cmd_jvm_archive)
 
     import importlib
 

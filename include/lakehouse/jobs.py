@@ -1,17 +1,27 @@
 """The shared entry point of the Spark jobs in ``spark_jobs/`` (what spark-submit runs).
 
-Every job parses the same arguments, loads settings, starts one SparkSession, runs its layer and
-maps the outcome to an exit code Airflow understands: 0 on success (including a run with nothing
-new), 1 when the run failed loudly and should be retried or looked at, 2 on a bad argument or
-setting. The error is one line on stderr; the details are in the job's JSON log.
+One Spark application per layer: a run starts one SparkSession and processes every configured
+exchange in it, one after the other (``--exchange X`` limits it to some). The session's start
+(JVM, Python driver, catalog) is the largest fixed cost of a run on a small machine, so paying it
+once per layer instead of once per exchange halves what Bronze and Silver cost a minute. One
+exchange's failure does not stop the others: they are processed, then the run fails naming it.
+
+Exit codes Airflow understands: 0 on success (including a run with nothing new), 1 when the run
+of any exchange failed loudly and should be retried or looked at, 2 on a bad argument or setting.
+Each error is one line on stderr; the details are in the job's JSON log. With ``--report PATH``
+the run writes its per-exchange outcome and phase timings there (:mod:`lakehouse.runreport`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lakehouse import runreport
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -21,11 +31,21 @@ if TYPE_CHECKING:
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+# What a layer's result says about one exchange: (status, records, details for the report).
+Describe = Callable[[Any], "tuple[str, int, dict[str, Any]]"]
+
+
+def _no_details(result: object) -> tuple[str, int, dict[str, Any]]:
+    return "done", 0, {}
+
 
 def run_job(layer: str, description: str, run: Callable[..., object], failures: tuple[type[BaseException], ...],
-            argv: Sequence[str] | None = None, per_exchange: bool = True) -> int:
-    """Run ``run(spark, settings[, exchange])`` as the ``layer`` job; return the exit code.
+            argv: Sequence[str] | None = None, per_exchange: bool = True, describe: Describe = _no_details) -> int:
+    """Run the ``layer`` job and return its exit code.
 
+    ``per_exchange``: ``run(spark, settings, exchange)`` is called once per selected exchange in
+    the same session, and ``describe(result)`` fills that exchange's report entry; otherwise
+    ``run(spark, settings)`` is called once (and records per-exchange outcomes itself).
     ``failures`` are the run's documented errors: they exit 1 with their message; anything else
     propagates with its traceback (a bug, not an operational failure).
     """
@@ -35,7 +55,9 @@ def run_job(layer: str, description: str, run: Callable[..., object], failures: 
 
     parser = argparse.ArgumentParser(prog=f"{layer}_job.py", description=description)
     if per_exchange:
-        parser.add_argument("--exchange", required=True)
+        parser.add_argument("--exchange", action="append", default=[],
+                            help="process only this exchange (repeatable; default: every configured exchange)")
+    parser.add_argument("--report", type=Path, help="write the run report (JSON) to this path")
     args = parser.parse_args(argv)
 
     def fail(message: str, code: int) -> int:
@@ -47,20 +69,50 @@ def run_job(layer: str, description: str, run: Callable[..., object], failures: 
     except SettingsError as err:
         return fail(str(err), EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_json)
-    extra: list[str] = []
+    exchanges: list[str] = []
     if per_exchange:
-        if args.exchange not in settings.exchanges:
-            return fail(f"unknown exchange {args.exchange!r}; configured: {', '.join(settings.exchanges)}",
-                        EXIT_USAGE)
-        extra = [args.exchange]
-    spark: SparkSession = session(settings, "-".join(["lakehouse", layer, *extra]))
+        unknown = [e for e in args.exchange if e not in settings.exchanges]
+        if unknown:
+            return fail(f"unknown exchange {unknown[0]!r}; configured: {', '.join(settings.exchanges)}", EXIT_USAGE)
+        exchanges = list(dict.fromkeys(args.exchange)) or list(settings.exchanges)
+    report = runreport.start(layer)
+    suffix = exchanges if len(exchanges) == 1 else []
+    spark: SparkSession = session(settings, "-".join(["lakehouse", layer, *suffix]))
+    report.session_ready_at = time.time()
+    errors: list[str] = []
     try:
-        run(spark, settings, *extra)
-    except failures as err:
-        return fail(str(err), EXIT_FAILED)
+        if per_exchange:
+            for exchange in exchanges:
+                errors += _run_exchange(spark, settings, exchange, run, failures, describe)
+        else:
+            try:
+                run(spark, settings)
+            except failures as err:
+                errors.append(str(err))
     finally:
+        report.finished_at = time.time()
+        if args.report is not None:
+            report.write(args.report)
+        runreport.stop()
         spark.stop()
-    return 0
+    for message in errors:
+        fail(message, EXIT_FAILED)
+    return EXIT_FAILED if errors else 0
+
+
+def _run_exchange(spark: SparkSession, settings: Settings, exchange: str, run: Callable[..., object],
+                  failures: tuple[type[BaseException], ...], describe: Describe) -> list[str]:
+    """One exchange's part of a per-exchange run: its outcome goes into the report, its error is returned."""
+    with runreport.exchange(exchange) as outcome:
+        try:
+            result = run(spark, settings, exchange)
+        except failures as err:
+            if outcome is not None:
+                outcome.status, outcome.error = "failed", str(err)
+            return [f"{exchange}: {err}"]
+        if outcome is not None:
+            outcome.status, outcome.records, outcome.details = describe(result)
+    return []
 
 
 __all__ = ["EXIT_FAILED", "EXIT_USAGE", "run_job"]

@@ -5,6 +5,8 @@ Nothing else in the project spells these names as literals (cryptofeed's ``defin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lakehouse.settings import Settings
 
 NAMESPACE = "market_data"
@@ -111,3 +113,9 @@ def gold_checkpoint(settings: Settings, exchange: str) -> str:
 SILVER_BATCH_PROPERTY = "lakehouse.silver.batch"
 # Dead-lettered rows of that batch by error_type (JSON), on its Silver and dead-letter commits.
 SILVER_DEAD_PROPERTY = "lakehouse.silver.dead-lettered"
+
+
+# --- Run reports (issue 11) --------------------------------------------------------------------
+def run_report_dir(settings: Settings, layer: str) -> Path:
+    """Where layer runs write their reports (lakehouse.runreport): one JSON file per run."""
+    return settings.run_dir / "reports" / layer

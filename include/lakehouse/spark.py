@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 ICEBERG_JAR = "iceberg-spark-runtime-3.5_2.12-1.10.2.jar"
 SPARK_JOBS_DIR = REPO_ROOT / "spark_jobs"
 LOG4J_CONF = Path(__file__).with_name("conf") / "log4j2.properties"
+DAEMON_MODULE = "lakehouse.spark_daemon"
 
 
 class SparkSetupError(RuntimeError):
@@ -80,8 +81,11 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.streaming.minBatchesToRetain": "20",
         "spark.sql.iceberg.handle-timestamp-without-timezone": "true",
-        "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONF}",
+        "spark.driver.extraJavaOptions": driver_java_options(settings),
         "spark.executor.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONF}",
+        # Python workers fork from a daemon that has already imported the task modules (pyarrow,
+        # pyiceberg's writer, fastavro, confluent-kafka): each worker would otherwise pay the imports.
+        "spark.python.daemon.module": DAEMON_MODULE,
     }
     if settings.catalog_is_sqlite:
         # xerial's driver takes pragmas as connection properties: concurrent committers wait, not fail.
@@ -102,6 +106,22 @@ def spark_conf(settings: Settings) -> dict[str, str]:
             f"{cat}.s3.secret-access-key": settings.s3_secret_key,
         })
     return conf
+
+
+def driver_java_options(settings: Settings, archive: bool = True) -> str:
+    """JVM options of the driver: the log configuration, ``spark_driver_java_options`` and, when
+    ``make`` has built it, the class-data-sharing archive (``lakehouse jvm-archive``).
+
+    The archive maps the classes a layer run loads (Spark SQL, Iceberg, the JDBC catalog) from one
+    file instead of reading, verifying and linking them from jars at every start. The JVM checks
+    that it matches the JDK and class path and otherwise ignores it (``-Xshare:auto``), so a stale
+    archive costs speed, never correctness; its log lines are switched off.
+    """
+    options = [f"-Dlog4j.configurationFile=file:{LOG4J_CONF}", settings.spark_driver_java_options.strip()]
+    if archive and settings.spark_cds_archive.is_file():
+        options += ["-Xshare:auto", f"-XX:SharedArchiveFile={settings.spark_cds_archive}", "-Xlog:cds=off",
+                    "-Xlog:cds+dynamic=off", "-Xlog:class+path=off"]
+    return " ".join(o for o in options if o)
 
 
 def local_environment(settings: Settings, env: MutableMapping[str, str]) -> MutableMapping[str, str]:

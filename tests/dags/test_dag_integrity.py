@@ -105,7 +105,10 @@ def test_layer_dags_run_every_minute_with_a_deadline_from_settings(dagbag: Any) 
     settings = load_settings()
     for dag_id, layer in LAYER_DAGS.items():
         dag = dagbag.dags[dag_id]
-        assert dag.schedule == "* * * * *", dag_id
+        if layer == "bronze":
+            assert dag.schedule == "* * * * *", dag_id
+        else:
+            assert dag.timetable.timetable.expression == "* * * * *", dag_id
         assert layer in dag.tags, dag_id
         assert dag.task_dict[next(iter(dag.task_dict))].execution_timeout == dt.timedelta(
             seconds=settings.airflow_task_timeout_s)
@@ -132,37 +135,55 @@ def test_manual_dags_are_unscheduled_and_have_no_deadline(dagbag: Any) -> None: 
         assert "manual" in dag.tags, dag_id
 
 
-def test_one_spark_task_per_exchange_writing_its_tables_as_assets(dagbag: Any) -> None:  # noqa: F811
+def test_one_spark_application_per_layer_writing_every_exchanges_tables_as_assets(dagbag: Any) -> None:  # noqa: F811
     from lakehouse.orchestration.operators import LakehouseSparkSubmitOperator
 
     settings = load_settings()
     expected = {
-        names.BRONZE_DAG: {f"bronze_{ex}": {names.bronze_table(ex), names.AUDIT_TABLE} for ex in settings.exchanges},
-        names.SILVER_DAG: {f"silver_{ex}": {names.silver_table(ex), names.DLQ_TABLE} for ex in settings.exchanges},
-        names.GOLD_DAG: {"gold": {names.GOLD_TABLE, names.OHLCV_TABLE}},
+        names.BRONZE_DAG: {*(names.bronze_table(ex) for ex in settings.exchanges), names.AUDIT_TABLE},
+        names.SILVER_DAG: {*(names.silver_table(ex) for ex in settings.exchanges), names.DLQ_TABLE},
+        names.GOLD_DAG: {names.GOLD_TABLE, names.OHLCV_TABLE},
     }
-    for dag_id, tasks in expected.items():
+    for dag_id, tables in expected.items():
         dag = dagbag.dags[dag_id]
-        assert set(dag.task_ids) == set(tasks), dag_id
-        for task_id, tables in tasks.items():
-            task = dag.task_dict[task_id]
-            assert isinstance(task, LakehouseSparkSubmitOperator)
-            assert task._conn_id == names.SPARK_CONN_ID
-            assert task.job == LAYER_DAGS[dag_id]
-            exchange = task_id.split("_", 1)[1] if "_" in task_id else None
-            assert task.job_args == (["--exchange", exchange] if exchange else [])
-            assert {a.uri for a in task.outlets} == {names.asset_uri(settings, t) for t in tables}, task_id
-            assert {a.name for a in task.outlets} == {names.qualified(settings, t) for t in tables}, task_id
+        layer = LAYER_DAGS[dag_id]
+        assert dag.task_ids == [layer], dag_id
+        task = dag.task_dict[layer]
+        assert isinstance(task, LakehouseSparkSubmitOperator)
+        assert task._conn_id == names.SPARK_CONN_ID
+        assert task.job == layer and task.job_args == []
+        assert {a.uri for a in task.outlets} == {names.asset_uri(settings, t) for t in tables}, dag_id
+        assert {a.name for a in task.outlets} == {names.qualified(settings, t) for t in tables}, dag_id
 
 
-def test_tasks_are_generated_from_the_exchange_setting(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_silver_and_gold_also_start_on_their_upstream_tables_assets(dagbag: Any) -> None:  # noqa: F811
+    from airflow.sdk import AssetOrTimeSchedule
+
+    settings = load_settings()
+    upstream = {names.SILVER_DAG: [names.bronze_table(e) for e in settings.exchanges],
+                names.GOLD_DAG: [names.silver_table(e) for e in settings.exchanges]}
+    for dag_id, tables in upstream.items():
+        dag = dagbag.dags[dag_id]
+        assert isinstance(dag.timetable, AssetOrTimeSchedule), dag_id
+        condition = dag.timetable.asset_condition
+        assert type(condition).__name__ == "AssetAny", dag_id
+        assert {a.uri for a in condition.objects} == {names.asset_uri(settings, t) for t in tables}, dag_id
+
+
+def test_outlets_and_triggers_follow_the_exchange_setting(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     from airflow.sdk import DAG
 
     monkeypatch.setenv("LAKEHOUSE_EXCHANGES", "binance,kraken,coinbase")
-    for file, prefix in (("bronze_ingestion.py", "bronze"), ("silver_transformation.py", "silver")):
+    settings = load_settings()
+    for file, table in (("bronze_ingestion.py", names.bronze_table), ("silver_transformation.py", names.silver_table)):
         namespace = runpy.run_path(str(DAGS_FOLDER / file), run_name="dag_file")
         [dag] = [v for v in namespace.values() if isinstance(v, DAG)]
-        assert set(dag.task_ids) == {f"{prefix}_binance", f"{prefix}_kraken", f"{prefix}_coinbase"}
+        [task] = dag.tasks
+        uris = {a.uri for a in task.outlets}
+        assert {names.asset_uri(settings, table(e)) for e in ("binance", "kraken", "coinbase")} <= uris
+    namespace = runpy.run_path(str(DAGS_FOLDER / "gold_aggregation.py"), run_name="dag_file")
+    [dag] = [v for v in namespace.values() if isinstance(v, DAG)]
+    assert len(dag.timetable.asset_condition.objects) == 3
 
 
 def test_deadline_interval_follows_the_setting(airflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from airflow_fixtures import airflow_home, dagbag  # noqa: F401 - fixtures
 
-from lakehouse import names
+from lakehouse import names, runreport
+from lakehouse.orchestration import pending
 from lakehouse.orchestration.environment import spark_connection
 from lakehouse.settings import load_settings
 from lakehouse.spark import spark_submit_binary, submit_spec
@@ -33,18 +34,18 @@ def _parse_submit(argv: list[str]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize(("dag_id", "task_id", "job", "job_args"), [
-    (names.BRONZE_DAG, "bronze_kraken", "bronze", ["--exchange", "kraken"]),
-    (names.SILVER_DAG, "silver_binance", "silver", ["--exchange", "binance"]),
-    (names.GOLD_DAG, "gold", "gold", []),
+@pytest.mark.parametrize(("dag_id", "job"), [
+    (names.BRONZE_DAG, "bronze"),
+    (names.SILVER_DAG, "silver"),
+    (names.GOLD_DAG, "gold"),
 ])
 def test_spark_task_submits_exactly_what_lakehouse_run_submits(dagbag: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
-                                                              dag_id: str, task_id: str, job: str,
-                                                              job_args: list[str]) -> None:
+                                                              dag_id: str, job: str) -> None:
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
     settings = load_settings()
     monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", spark_connection(settings))
+    monkeypatch.setattr(pending, "pending_work", lambda s, layer: {"binance": "new data"})
     captured: dict[str, Any] = {}
 
     def fake_submit(hook: SparkSubmitHook, application: str = "", **kwargs: Any) -> None:
@@ -52,16 +53,69 @@ def test_spark_task_submits_exactly_what_lakehouse_run_submits(dagbag: Any, monk
         captured["env"] = hook._env
 
     monkeypatch.setattr(SparkSubmitHook, "submit", fake_submit)
-    task = dagbag.dags[dag_id].task_dict[task_id]
+    task = dagbag.dags[dag_id].task_dict[job]
     task.execute(context={})
 
-    spec = submit_spec(settings, job, job_args)
     airflow = _parse_submit(captured["argv"])
-    cli = _parse_submit(spec.argv(spark_submit_binary()))
-    assert airflow == cli
+    assert airflow["args"][:1] == ["--report"] and len(airflow["args"]) == 2
+    report = Path(airflow["args"][1])
+    assert report.parent == names.run_report_dir(settings, job)
+    spec = submit_spec(settings, job, ["--report", str(report)], name=f"lakehouse-{job}")
+    assert airflow == _parse_submit(spec.argv(spark_submit_binary()))
     assert airflow["--master"] == settings.spark_master == "local[*]"
-    assert airflow["args"] == job_args
-    assert captured["env"] == spec.env
+    env = dict(captured["env"])
+    assert float(env.pop(runreport.SUBMITTED_AT_ENV)) > 0
+    assert env == spec.env
+
+
+def test_a_run_with_nothing_new_upstream_is_skipped_before_spark_starts(dagbag: Any,  # noqa: F811
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    monkeypatch.setattr(pending, "pending_work", lambda s, layer: {})
+    monkeypatch.setattr(SparkSubmitHook, "submit", lambda *a, **k: pytest.fail("spark-submit started"))
+    with pytest.raises(AirflowSkipException, match="nothing new upstream"):
+        dagbag.dags[names.SILVER_DAG].task_dict["silver"].execute(context={})
+
+
+def test_the_task_returns_each_exchanges_outcome_and_names_the_failed_one(dagbag: Any,  # noqa: F811
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+    from airflow.sdk.exceptions import AirflowException
+
+    settings = load_settings()
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", spark_connection(settings))
+    monkeypatch.setattr(pending, "pending_work", lambda s, layer: {"binance": "new data"})
+    outcome = {"kraken": "noop"}
+
+    def fake_submit(hook: SparkSubmitHook, application: str = "", **kwargs: Any) -> None:
+        argv = hook._build_spark_submit_command(application)
+        report = runreport.RunReport(layer="bronze", submitted_at=1.0, session_ready_at=5.0, finished_at=9.0)
+        report.outcome("binance").status, report.outcome("binance").records = "committed", 12
+        report.outcome("kraken").status = outcome["kraken"]
+        report.outcome("kraken").error = "topic missing" if outcome["kraken"] == "failed" else ""
+        report.add("work", 2.0, "binance")
+        report.write(Path(argv[-1]))
+        if outcome["kraken"] == "failed":
+            raise AirflowException("Cannot execute: spark-submit. Error code is: 1.")
+
+    class DagRun:
+        run_id = "scheduled__2026-01-01T00:00:00+00:00"
+        queued_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=3)
+
+    monkeypatch.setattr(SparkSubmitHook, "submit", fake_submit)
+    task = dagbag.dags[names.BRONZE_DAG].task_dict["bronze"]
+    result = task.execute(context={"dag_run": DagRun()})
+    assert result["exchanges"]["binance"] == {"status": "committed", "records": 12, "error": ""}
+    assert result["exchanges"]["kraken"]["status"] == "noop"
+    assert result["phases"]["work"] == 2.0 and result["phases"]["startup"] == 4.0
+    assert 3.0 <= result["phases"]["handoff"] < 60 and result["phases"]["exit"] > 0
+    outcome["kraken"] = "failed"
+    with pytest.raises(AirflowException, match="bronze failed for kraken: topic missing"):
+        task.execute(context={"dag_run": DagRun()})
 
 
 def test_silver_replay_renders_params_into_cli_arguments(dagbag: Any) -> None:  # noqa: F811

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +41,7 @@ def test_a_documented_failure_is_one_line_and_exit_1(spark: FakeSpark, capsys: p
         raise RunFailed("registry unreachable")
 
     assert jobs.run_job("silver", "d", fails, (RunFailed,), ["--exchange", "binance"]) == jobs.EXIT_FAILED
-    assert capsys.readouterr().err == "silver: error: registry unreachable\n" and spark.stopped
+    assert capsys.readouterr().err == "silver: error: binance: registry unreachable\n" and spark.stopped
 
 
 def test_a_bug_propagates_with_its_traceback(spark: FakeSpark) -> None:
@@ -58,3 +60,45 @@ def test_bad_settings_and_unknown_exchanges_exit_2_before_spark_starts(
     monkeypatch.setenv("LAKEHOUSE_TOPIC_PARTITIONS", "six")
     assert jobs.run_job("bronze", "d", print, (RunFailed,), ["--exchange", "binance"]) == jobs.EXIT_USAGE
     assert "LAKEHOUSE_TOPIC_PARTITIONS='six'" in capsys.readouterr().err and not spark.stopped
+
+
+def test_one_session_runs_every_exchange_and_a_failure_does_not_stop_the_others(
+        spark: FakeSpark, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def run(_spark: Any, _settings: Any, exchange: str) -> dict[str, int]:
+        seen.append(exchange)
+        if exchange == "binance":
+            raise RunFailed("topic missing")
+        return {"records": 7}
+
+    report = tmp_path / "report.json"
+    code = jobs.run_job("bronze", "d", run, (RunFailed,), ["--report", str(report)],
+                        describe=lambda r: ("committed", r["records"], r))
+    assert code == jobs.EXIT_FAILED and seen == ["binance", "kraken"] and spark.stopped
+    assert capsys.readouterr().err == "bronze: error: binance: topic missing\n"
+    written = json.loads(report.read_text())
+    assert written["layer"] == "bronze"
+    assert written["exchanges"]["binance"]["status"] == "failed"
+    assert written["exchanges"]["binance"]["error"] == "topic missing"
+    assert written["exchanges"]["kraken"] == {"status": "committed", "records": 7, "error": "",
+                                              "details": {"records": 7}, "phases": {}}
+    assert written["session_ready_at"] <= written["finished_at"]
+    assert set(written["phases"]) == {"handoff", "startup", "planning", "work", "commit", "exit"}
+
+
+def test_phases_recorded_inside_a_run_land_in_its_exchange(spark: FakeSpark, tmp_path: Path) -> None:
+    from lakehouse import runreport
+
+    def run(_spark: Any, _settings: Any, exchange: str) -> None:
+        with runreport.phase("work"):
+            pass
+        runreport.active().add("commit", 1.5)  # type: ignore[union-attr]
+
+    report = tmp_path / "r.json"
+    assert jobs.run_job("silver", "d", run, (RunFailed,), ["--exchange", "kraken", "--report", str(report)]) == 0
+    written = json.loads(report.read_text())
+    assert list(written["exchanges"]) == ["kraken"]
+    assert written["exchanges"]["kraken"]["phases"]["commit"] == 1.5
+    assert written["phases"]["commit"] == 1.5 and written["phases"]["work"] >= 0
+    assert runreport.active() is None

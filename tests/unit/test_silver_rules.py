@@ -9,8 +9,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from lakehouse.settings import load_settings
 from lakehouse.silver.decode import V2_ARROW_FIELDS
-from lakehouse.silver.rules import CATEGORIES, MAX_AGE_US, REFERENCE_TIME_US, RULES, Rule, col, evaluate
+from lakehouse.silver.rules import (
+    CATEGORIES,
+    MAX_AGE_US,
+    REFERENCE_TIME_US,
+    RULES,
+    Rule,
+    build,
+    col,
+    evaluate,
+    for_settings,
+    timestamp_not_future,
+)
 from lakehouse.silver.synthetic import trade
 
 REF_US = 1_767_225_600_000_000  # the record reached Bronze at 2026-01-01T00:00:00Z
@@ -96,3 +108,65 @@ def test_a_rule_is_an_arrow_expression_over_the_decoded_columns() -> None:
                  rules=(*RULES, even))
     assert [r["rule_error_type"] for r in rows] == ["odd_sequence", None]
     assert rows[0]["rule_error_reason"] == "platform_sequence_even: platform_sequence must be even (got 7)"
+
+
+FUTURE_REASON = "timestamp must not be later than the time the record reached Bronze"
+
+
+def test_a_trade_within_the_clock_skew_tolerance_passes_and_one_beyond_is_dead_lettered() -> None:
+    tolerant = build(max_clock_skew_s=5.0)
+    rows = check(trade(1, REF_US + 1), trade(2, REF_US + 5_000_000), trade(3, REF_US + 5_000_001), rules=tolerant)
+    assert [r["rule_error_type"] for r in rows] == [None, None, "invalid_timestamp"]
+    assert rows[2]["rule_error_reason"] == (
+        "timestamp_not_future: timestamp must not be more than 5s later than the time the record reached Bronze "
+        f"(got {REF_US + 5_000_001})")
+
+
+def test_the_tolerance_only_moves_the_future_bound() -> None:
+    tolerant = build(max_clock_skew_s=5.0)
+    assert [r.name for r in tolerant] == [r.name for r in RULES]
+    assert [r for r in tolerant if r.name != "timestamp_not_future"] == [r for r in RULES
+                                                                         if r.name != "timestamp_not_future"]
+    rows = check(trade(1, REF_US - MAX_AGE_US), trade(2, REF_US - MAX_AGE_US - 1), rules=tolerant)
+    assert [r["rule_error_type"] for r in rows] == [None, "invalid_timestamp"]
+    assert rows[1]["rule_error_reason"].startswith("timestamp_within_year: ")
+
+
+def test_tolerance_zero_is_the_strict_rule_of_before() -> None:
+    strict = build(max_clock_skew_s=0.0)
+    assert {r.name: r.reason for r in strict}["timestamp_not_future"] == FUTURE_REASON
+    rows = check(trade(1, REF_US), trade(2, REF_US + 1), rules=strict)
+    assert [r["rule_error_type"] for r in rows] == [None, "invalid_timestamp"]
+    assert rows[1]["rule_error_reason"] == f"timestamp_not_future: {FUTURE_REASON} (got {REF_US + 1})"
+    assert check(trade(1, REF_US + 1), rules=strict) == check(trade(1, REF_US + 1))  # RULES: no tolerance
+
+
+def test_the_tolerance_comes_from_the_max_clock_skew_setting() -> None:
+    configured = for_settings(load_settings({"LAKEHOUSE_MAX_CLOCK_SKEW_S": "2"}))
+    rows = check(trade(1, REF_US + 2_000_000), trade(2, REF_US + 2_000_001), trade(3, REF_US + 4_000_000),
+                 rules=configured)
+    assert [r["rule_error_type"] for r in rows] == [None, "invalid_timestamp", "invalid_timestamp"]
+    assert "not be more than 2s later than the time the record reached Bronze" in rows[1]["rule_error_reason"]
+    default = for_settings(load_settings({}))
+    assert [r["rule_error_type"] for r in check(trade(1, REF_US + 4_000_000), rules=default)] == [None]
+    assert "more than 5s later" in {r.name: r.reason for r in default}["timestamp_not_future"]
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(2.5, "2.5s"), (0.25, "0.25s"), (100, "100s"), (0.000001, "0.000001s")])
+def test_the_reason_names_the_tolerance_in_plain_seconds(seconds: float, shown: str) -> None:
+    assert timestamp_not_future(seconds).reason == (
+        f"timestamp must not be more than {shown} later than the time the record reached Bronze")
+
+
+@pytest.mark.parametrize("seconds", [-0.5, float("nan"), float("inf")])
+def test_a_tolerance_that_is_not_a_finite_non_negative_number_is_refused(seconds: float) -> None:
+    with pytest.raises(ValueError, match="max_clock_skew_s"):
+        build(max_clock_skew_s=seconds)
+
+
+def test_build_keeps_rules_added_to_the_base() -> None:
+    even = Rule("platform_sequence_even", "odd_sequence", pc.bit_wise_and(col("platform_sequence"), 1) == 0,
+                "platform_sequence must be even", "platform_sequence")
+    rows = check(trade(1, REF_US + 1_000_000, platform_sequence=7), rules=build(2.0, base=(*RULES, even)))
+    assert [r["rule_error_type"] for r in rows] == ["odd_sequence"]
+    assert rows[0]["rule_error_reason"].startswith("platform_sequence_even: ")  # not in the future within 2s

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from lakehouse import names
+from lakehouse import names, runreport
 from lakehouse.gold.writer import BatchStats, GoldBatchWriter
 from lakehouse.metrics import StatsD
 from lakehouse.settings import Settings
@@ -49,6 +49,7 @@ def run_source(spark: SparkSession, settings: Settings, exchange: str,
     from pyspark.errors import StreamingQueryException
 
     writer = GoldBatchWriter(settings, exchange, statsd)
+    started = time.monotonic()
     query = (silver_stream(spark, settings, exchange).writeStream
              .queryName(f"gold_{exchange}")
              .option("checkpointLocation", names.gold_checkpoint(settings, exchange))
@@ -60,6 +61,13 @@ def run_source(spark: SparkSession, settings: Settings, exchange: str,
     except StreamingQueryException as err:
         cause: Exception = writer.failure or err
         raise GoldRunError(f"{exchange}: {type(cause).__name__}: {str(cause).splitlines()[0]}") from cause
+    # The MERGE reads, writes and commits in one statement: its time counts as work; the rest of the
+    # query (offsets, micro-batch planning, checkpoint) as planning.
+    work = sum(s.duration_s for s in writer.stats)
+    report = runreport.active()
+    if report is not None:
+        report.add("work", work, exchange)
+        report.add("planning", max(0.0, time.monotonic() - started - work), exchange)
     return writer.stats
 
 
@@ -75,11 +83,22 @@ def run(spark: SparkSession, settings: Settings) -> list[BatchStats]:
     failures: dict[str, Exception] = {}
     try:
         for exchange in settings.exchanges:
-            try:
-                stats += run_source(spark, settings, exchange, statsd)
-            except GoldRunError as err:
-                log.error("gold stream failed: %s", err, extra={"source": exchange})
-                failures[exchange] = err
+            with runreport.exchange(exchange) as outcome:
+                try:
+                    source_stats = run_source(spark, settings, exchange, statsd)
+                except GoldRunError as err:
+                    log.error("gold stream failed: %s", err, extra={"source": exchange})
+                    failures[exchange] = err
+                    if outcome is not None:
+                        outcome.status, outcome.error = "failed", str(err)
+                    continue
+                stats += source_stats
+                if outcome is not None:
+                    outcome.status = "committed" if any(s.rows_written for s in source_stats) else "noop"
+                    outcome.records = sum(s.rows_in for s in source_stats)
+                    outcome.details = {"batches": len(source_stats),
+                                       "rows_written": sum(s.rows_written for s in source_stats),
+                                       "duplicates_removed": sum(s.duplicates_removed for s in source_stats)}
         duration = time.monotonic() - started
         summary = {"batches": len(stats), "rows_in": sum(s.rows_in for s in stats),
                    "rows_written": sum(s.rows_written for s in stats),

@@ -10,7 +10,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference
+from airflow.sdk import (
+    Asset,
+    AssetAny,
+    AssetOrTimeSchedule,
+    AsyncCallback,
+    CronTriggerTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+)
 
 from lakehouse import names
 from lakehouse.orchestration.alerts import DEADLINE_MISSED
@@ -84,47 +92,62 @@ def table_asset(settings: Settings, table: str) -> Asset:
     return Asset(name=names.qualified(settings, table), uri=names.asset_uri(settings, table), group="lakehouse")
 
 
-def layer_tables(settings: Settings, layer: str, exchange: str | None = None) -> list[str]:
-    """Tables a layer job writes: its lineage in the Airflow UI."""
+def layer_tables(settings: Settings, layer: str) -> list[str]:
+    """Tables a layer job writes (every exchange's): its lineage in the Airflow UI."""
     if layer == "bronze":
-        return [names.bronze_table(_required(exchange, layer)), names.AUDIT_TABLE]
+        return [*(names.bronze_table(e) for e in settings.exchanges), names.AUDIT_TABLE]
     if layer == "silver":
-        return [names.silver_table(_required(exchange, layer)), names.DLQ_TABLE]
+        return [*(names.silver_table(e) for e in settings.exchanges), names.DLQ_TABLE]
     if layer == "gold":
         return [names.GOLD_TABLE, names.OHLCV_TABLE]
     raise ValueError(f"unknown layer {layer!r}; expected one of {names.LAYERS}")
 
 
-def _required(exchange: str | None, layer: str) -> str:
-    if not exchange:
-        raise ValueError(f"the {layer} layer runs per exchange: pass exchange=")
-    return exchange
+# The tables whose new data starts a layer's run before its minute is up (Bronze has only the clock).
+UPSTREAM = {"silver": names.bronze_table, "gold": names.silver_table}
+
+
+def layer_schedule(settings: Settings, layer: str) -> str | AssetOrTimeSchedule:
+    """Bronze runs every minute. Silver and Gold run every minute and also as soon as any exchange's
+    upstream table has new data (Airflow 3 ``AssetOrTimeSchedule``), so a trade does not wait for
+    the next minute at each layer. A run that finds nothing new is skipped before Spark starts
+    (:mod:`lakehouse.orchestration.pending`)."""
+    if layer == "bronze":
+        return EVERY_MINUTE
+    if layer not in UPSTREAM:
+        raise ValueError(f"unknown layer {layer!r}; expected one of {names.LAYERS}")
+    upstream = [table_asset(settings, UPSTREAM[layer](e)) for e in settings.exchanges]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(EVERY_MINUTE, timezone="UTC"),
+                               assets=AssetAny(*upstream))
 
 
 _TASK_DOC = """\
-Runs the **{layer}** Spark job{for_exchange} through `spark-submit` (`spark_default` connection,
-pool `{pool}`), built by `lakehouse.spark.submit_spec`; the same command as
-`lakehouse run {layer}{exchange_arg}` from a shell.
+Runs the **{layer}** Spark job for every exchange ({exchanges}) in one Spark application through
+`spark-submit` (`spark_default` connection, pool `{pool}`), built by `lakehouse.spark.submit_spec`;
+the same command as `lakehouse run {layer}` from a shell. Skipped, before Spark starts, when
+nothing upstream is new.
 
 Writes: {tables}.
+
+Per exchange: the task log ends with each exchange's status and record count, the XCom
+`return_value` holds them with the run's phase timings, and each table's asset event carries its
+exchange's status and records. One exchange failing does not stop the others; the task then fails
+naming it.
 
 On failure: read this task's log (the Spark driver output is in it), fix the cause, then
 *Clear* the task; runs are idempotent, so a retry neither loses nor duplicates rows.
 """
 
 
-def spark_job_task(settings: Settings, layer: str, exchange: str | None = None) -> LakehouseSparkSubmitOperator:
-    """One Spark task of a layer DAG (per exchange for Bronze and Silver)."""
-    tables = layer_tables(settings, layer, exchange)
-    job_args = ["--exchange", exchange] if exchange else []
+def spark_job_task(settings: Settings, layer: str) -> LakehouseSparkSubmitOperator:
+    """The Spark task of a layer DAG: one application for every exchange."""
+    tables = layer_tables(settings, layer)
     return LakehouseSparkSubmitOperator(
-        task_id=f"{layer}_{exchange}" if exchange else layer,
+        task_id=layer,
         job=layer,
-        job_args=job_args,
         outlets=[table_asset(settings, t) for t in tables],
-        doc_md=_TASK_DOC.format(layer=layer, for_exchange=f" for `{exchange}`" if exchange else "",
-                                exchange_arg=f" --exchange {exchange}" if exchange else "",
-                                pool=names.SPARK_POOL, tables=", ".join(f"`{t}`" for t in tables)),
+        doc_md=_TASK_DOC.format(layer=layer, exchanges=", ".join(settings.exchanges), pool=names.SPARK_POOL,
+                                tables=", ".join(f"`{t}`" for t in tables)),
     )
 
 

@@ -8,20 +8,26 @@ up in the serialized DAG stored in Airflow's database.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from lakehouse import names
-from lakehouse.settings import load_settings
+from lakehouse import names, runreport
+from lakehouse.orchestration import pending
+from lakehouse.settings import Settings, load_settings
 from lakehouse.spark import spark_submit_binary, submit_spec
 
 
@@ -44,16 +50,94 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
         self.job = job
         self.job_args = list(job_args)
 
-    def execute(self, context: Any) -> None:
-        spec = submit_spec(load_settings(), self.job, list(self.job_args), name=self.name)
+    def execute(self, context: Any) -> dict[str, Any]:
+        started = time.time()
+        settings = load_settings()
+        waiting = pending.pending_work(settings, self.job)
+        if not waiting:
+            # Nothing upstream moved since the last committed run: a Spark application would start,
+            # find nothing and exit. Skipped tasks emit no asset events, so nothing downstream wakes.
+            raise AirflowSkipException(f"{self.job}: nothing new upstream since the last run")
+        self.log.info("%s: new upstream data for %s", self.job, ", ".join(f"{k} ({v})" for k, v in waiting.items()))
+        report_path = report_file(settings, self.job, context)
+        spec = submit_spec(settings, self.job, [*self.job_args, "--report", str(report_path)], name=self.name)
         self.application = spec.application
         self.application_args = spec.application_args
         self.conf = dict(spec.conf)
         self.jars = ",".join(spec.jars)
-        self.env_vars = {**spec.env, **(self.env_vars or {})}
+        self.env_vars = {**spec.env, **(self.env_vars or {}), runreport.SUBMITTED_AT_ENV: f"{time.time():.6f}"}
         self.log.info("spark-submit of job %s %s (settings master %s; connection %s decides)",
                       self.job, " ".join(self.job_args), spec.master, self._conn_id)
-        super().execute(context)
+        self._hook = None  # built from this execution's arguments (the report path is new each time)
+        try:
+            super().execute(context)
+        except AirflowException as err:
+            report = finish_report(report_path, context, started)
+            failed = [name for name, o in (report or {}).get("exchanges", {}).items() if o.get("status") == "failed"]
+            if failed:
+                raise AirflowException(f"{self.job} failed for {', '.join(failed)}: "
+                                       + "; ".join(report["exchanges"][n]["error"] for n in failed)) from err
+            raise
+        report = finish_report(report_path, context, started) or {}
+        self._log_outcome(report)
+        self._annotate_assets(settings, report, context)
+        return summary(report)
+
+    def _log_outcome(self, report: dict[str, Any]) -> None:
+        for name, outcome in report.get("exchanges", {}).items():
+            self.log.info("%s %s: %s, %s records", self.job, name, outcome.get("status"), outcome.get("records"))
+        self.log.info("%s phases (s): %s", self.job, report.get("phases"))
+
+    def _annotate_assets(self, settings: Settings, report: dict[str, Any], context: Any) -> None:
+        """Per-exchange progress on the asset events of this run (the Assets view of the UI)."""
+        events = context.get("outlet_events") if hasattr(context, "get") else None
+        if events is None:
+            return
+        for outlet in self.outlets or []:
+            exchange = next((e for e in settings.exchanges if f"_{e}_" in outlet.name), None)
+            outcome = report.get("exchanges", {}).get(exchange or "", {}) if exchange else {}
+            extra = {"layer": self.job, **({"exchange": exchange, "status": outcome.get("status"),
+                                            "records": outcome.get("records")} if outcome else {})}
+            events[outlet].extra.update(extra)
+
+
+def report_file(settings: Settings, layer: str, context: Any) -> Path:
+    """Where this task try's run report goes (one file per DAG run and try)."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    run_id = str(getattr(ti, "run_id", "") or f"manual-{time.time_ns()}")
+    attempt = getattr(ti, "try_number", 0) or 0
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    return names.run_report_dir(settings, layer) / f"{safe}.try{attempt}.json"
+
+
+def finish_report(path: Path, context: Any, task_started: float) -> dict[str, Any] | None:
+    """Add the Airflow side to the job's report: hand-off (DAG run queued -> task start) and exit
+    (job finished -> spark-submit exited). Returns the report (None if the job wrote none)."""
+    report = runreport.read(path)
+    if report is None:
+        return None
+    now = time.time()
+    phases = report.setdefault("phases", {})
+    dag_run = context.get("dag_run") if hasattr(context, "get") else None
+    queued = getattr(dag_run, "queued_at", None) or getattr(dag_run, "start_date", None)
+    if isinstance(queued, dt.datetime):
+        phases["handoff"] = round(max(0.0, task_started - queued.timestamp()), 4)
+        report["queued_at"] = queued.timestamp()
+    if report.get("finished_at"):
+        phases["exit"] = round(max(0.0, now - float(report["finished_at"])), 4)
+    report["task_started_at"], report["task_ended_at"] = task_started, now
+    report["dag_run_id"] = str(getattr(dag_run, "run_id", "") or "")
+    tmp = path.with_name(f".{path.name}.airflow")
+    tmp.write_text(json.dumps(report, separators=(",", ":")))
+    tmp.replace(path)
+    return report
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The task's XCom: per exchange status and records, and the run's phases."""
+    return {"exchanges": {name: {"status": o.get("status"), "records": o.get("records"), "error": o.get("error")}
+                          for name, o in report.get("exchanges", {}).items()},
+            "phases": report.get("phases", {})}
 
 
 class LakehouseCommandOperator(BaseOperator):

@@ -118,10 +118,11 @@ class Normalizer:
     (unless it sustained more than a million records per second per exchange).
 
     Re-stamping (``restamp=True``, used by ``--loop``) moves each frame's trade times so that
-    the frame's latest time equals its receipt time. In iteration ``k`` of a loop (see
-    :meth:`begin_iteration`) each symbol's trade ids are shifted by ``k`` times that symbol's id
-    span in the recording, so ids continue upwards as on a live feed and every iteration has
-    its own message_ids.
+    the frame's latest time equals its receipt time: a re-stamped trade is never later than its
+    ``ingestion_timestamp`` (Silver dead-letters trades from the future). In iteration ``k`` of a
+    loop (see :meth:`begin_iteration`) each symbol's trade ids are shifted by ``k`` times that
+    symbol's id span in the recording, so ids continue upwards as on a live feed and every
+    iteration has its own message_ids.
     """
 
     exchange = ""  # lower case: topic and settings name
@@ -236,7 +237,10 @@ class BinanceNormalizer(Normalizer):
         else:
             event_us = _epoch_us(event_time, "event time 'E'")
         if self.restamp:
-            shift = received_us - (timestamp if event_us is None else event_us)
+            # The frame's latest time (normally the event time; the trade time when the exchange's
+            # clocks disagree) lands on receipt: no trade is stamped after the moment it is
+            # produced, and the gap between trade and event time is kept.
+            shift = received_us - (timestamp if event_us is None else max(timestamp, event_us))
             timestamp += shift
             event_us = None if event_us is None else event_us + shift
             trade_id = self._shift_id(symbol, trade_id)
@@ -296,6 +300,8 @@ class KrakenNormalizer(Normalizer):
                 raise RejectedFrame("trade frame has no 'data' list")
             records = [self._trade(t, kind, received_us) for t in data]
             if self.restamp and records:
+                # The latest trade lands on receipt, the others keep their distance before it: no
+                # trade is stamped after the moment it is produced, and the frame's order is kept.
                 shift = received_us - max(r["timestamp"] for r in records)
                 for r in records:
                     r["timestamp"] += shift

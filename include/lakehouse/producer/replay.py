@@ -2,9 +2,11 @@
 
 A recording holds one frame per line exactly as the exchange sent it, so replaying it goes
 through the same normalizer as live data. ``rate`` paces the replay in trades per second;
-``loop`` replays forever, re-stamping trade times to the moment each frame is replayed and
-shifting trade ids by the recording's id span per iteration, so the stream looks live and
-each iteration's trades get their own message_ids.
+``loop`` replays forever, re-stamping trade times to the moment each frame is replayed (never
+later: each frame's latest time becomes its produce time, see
+:class:`~lakehouse.producer.normalize.Normalizer`) and shifting trade ids by the recording's id
+span per iteration, so the stream looks live and each iteration's trades get their own
+message_ids.
 """
 
 from __future__ import annotations

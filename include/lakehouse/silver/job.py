@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from lakehouse import names
+from lakehouse import names, runreport
 from lakehouse.catalog import append_data_files, load_catalog
 from lakehouse.metrics import StatsD
 from lakehouse.registry import RegistryUnavailableError
@@ -136,22 +136,26 @@ def process_batch(bronze_rows: DataFrame, settings: Settings, exchange: str, tag
     dlq = catalog.load_table(names.DLQ_TABLE)
     silver_snap, dlq_snap = tagged_snapshot(silver, tag), tagged_snapshot(dlq, tag)
     source = from_bronze(bronze_rows)
-    context = BatchContext(settings=settings, rules=rules.RULES, bronze_source=names.bronze_table(exchange),
+    context = BatchContext(settings=settings, rules=rules.for_settings(settings),
+                           bronze_source=names.bronze_table(exchange),
                            silver=TableTarget.of(silver), dlq=None if dlq_snap else TableTarget.of(dlq),
                            now_us=int(now.timestamp() * 1_000_000), rows_per_file=settings.silver_rows_per_file)
     wrote_silver = wrote_dlq = False
     dead = _committed_dead(bronze_rows.sparkSession, settings, dlq_snap) if dlq_snap is not None else None
     if silver_snap is None:
-        result = _run_tasks(source, context)
+        with runreport.phase("work"):
+            result = _run_tasks(source, context)
         valid = result.valid
         dead = result.dead if dead is None else dead
         properties = {names.SILVER_BATCH_PROPERTY: tag, names.SILVER_DEAD_PROPERTY: json.dumps(result.dead)}
         if result.silver_files:
-            append_data_files(silver, result.silver_files, properties)
+            with runreport.phase("commit"):
+                append_data_files(silver, result.silver_files, properties)
             wrote_silver = True
         _inject(settings, "after_silver")
         if dlq_snap is None and result.dlq_files:
-            append_data_files(dlq, result.dlq_files, properties)
+            with runreport.phase("commit"):
+                append_data_files(dlq, result.dlq_files, properties)
             wrote_dlq = True
     else:
         valid = int(silver_snap.summary.get("added-records") or 0) if silver_snap.summary else 0
@@ -221,7 +225,8 @@ def _write_dlq(candidates: DataFrame, settings: Settings, exchange: str, tag: st
     ``lakehouse dlq replay``.
     """
     dlq = load_catalog(settings).load_table(names.DLQ_TABLE)
-    context = BatchContext(settings=settings, rules=rules.RULES, bronze_source=names.bronze_table(exchange),
+    context = BatchContext(settings=settings, rules=rules.for_settings(settings),
+                           bronze_source=names.bronze_table(exchange),
                            silver=None, dlq=TableTarget.of(dlq), now_us=int(now.timestamp() * 1_000_000),
                            rows_per_file=settings.silver_rows_per_file, recheck=True)
     result = _run_tasks(candidates, context)
@@ -261,6 +266,13 @@ def report_run(summary: RunSummary, statsd: StatsD) -> None:
         statsd.gauge(f"{METRIC}.run_records_dead_lettered", n, {**tags, "error_type": error_type})
     statsd.gauge(f"{METRIC}.dlq_rate", summary.dlq_rate, tags)
     statsd.timing(f"{METRIC}.run_duration_ms", summary.duration_s * 1000, tags)
+
+
+def describe_run(summary: RunSummary) -> tuple[str, int, dict[str, object]]:
+    """One exchange's entry of the run report (:mod:`lakehouse.runreport`)."""
+    return ("committed" if summary.read else "noop", summary.read,
+            {"valid": summary.valid, "dead_lettered": summary.dead_lettered, "batches": len(summary.batches),
+             "dlq_rate": round(summary.dlq_rate, 6), "duration_s": round(summary.duration_s, 3)})
 
 
 @dataclass(frozen=True)
@@ -357,11 +369,18 @@ def run(spark: SparkSession, settings: Settings, exchange: str) -> RunSummary:
     summary = RunSummary(exchange)
     statsd = StatsD.from_settings(settings)
     try:
-        target = bronze_target(settings, exchange)
+        with runreport.phase("planning"):
+            target = bronze_target(settings, exchange)
         if target is None:
             log.info("bronze table is empty, nothing to do", extra={"exchange": exchange})
         else:
+            stream_started = time.monotonic()
             _stream(spark, settings, exchange, target, summary, statsd)
+            report = runreport.active()
+            if report is not None:  # what the stream spent outside the batches' work and commits
+                phases = report.outcome(exchange).phases
+                inside = phases.get("work", 0.0) + phases.get("commit", 0.0)
+                report.add("planning", max(0.0, time.monotonic() - stream_started - inside), exchange)
         summary.duration_s = time.monotonic() - started
         report_run(summary, statsd)
     finally:
@@ -424,4 +443,4 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
 
 
 __all__ = ["RECHECK_PASSED", "RECHECK_REASON", "BatchStats", "InjectedFault", "RunSummary", "SilverRunError",
-           "Target", "bronze_target", "process_batch", "run"]
+           "Target", "bronze_target", "describe_run", "process_batch", "run"]

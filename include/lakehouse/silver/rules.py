@@ -14,13 +14,18 @@ Time rules compare the trade time with the row's *reference time*, the moment th
 Bronze (:data:`REFERENCE_TIME_US`), not the wall clock. Validation is then a pure function of the
 Bronze row: a retried batch, a replay months later and a DLQ re-validation all give the same
 answer for the same code and schema.
+
+The future-timestamp rule allows ``max_clock_skew_s`` (setting ``LAKEHOUSE_MAX_CLOCK_SKEW_S``): the
+clocks of the exchange, the producers' machines and this one never agree exactly, so a trade
+stamped a few seconds after its reference time is not wrong. :data:`RULES` is the rule set
+without that tolerance; the jobs validate with :func:`for_settings`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.acero as acero
@@ -28,9 +33,13 @@ import pyarrow.compute as pc
 
 from lakehouse import tables
 
+if TYPE_CHECKING:
+    from lakehouse.settings import Settings
+
 # Microseconds since the epoch at which the row reached the lakehouse; the callers provide it.
 REFERENCE_TIME_US = "reference_time_us"
 MAX_AGE_US = 365 * 24 * 3600 * 1_000_000
+TIMESTAMP_NOT_FUTURE = "timestamp_not_future"
 REASON_SEPARATOR = "; "
 
 _PRICE = pa.decimal128(tables.PRICE.precision, tables.PRICE.scale)
@@ -67,14 +76,34 @@ class Rule:
         return f"{self.name}: {self.reason} (got {shown})"
 
 
+def _seconds(micros: int) -> str:
+    """``micros`` as plain seconds without trailing zeros (5, 2.5, 0.25): readable in a reason."""
+    return format((Decimal(micros) / 1_000_000).normalize(), "f")
+
+
+def timestamp_not_future(max_clock_skew_s: float) -> Rule:
+    """The future-timestamp rule allowing a trade to be stamped up to ``max_clock_skew_s`` seconds
+    after its reference time (clock skew); its reason names the tolerance, so a dead-lettered
+    row says which limit it broke."""
+    if not 0 <= max_clock_skew_s < float("inf"):  # also catches NaN
+        raise ValueError(f"max_clock_skew_s must be a finite number of seconds >= 0, got {max_clock_skew_s}")
+    skew_us = round(max_clock_skew_s * 1_000_000)
+    if skew_us == 0:
+        return Rule(TIMESTAMP_NOT_FUTURE, "invalid_timestamp", col("timestamp") <= col(REFERENCE_TIME_US),
+                    "timestamp must not be later than the time the record reached Bronze", "timestamp")
+    return Rule(TIMESTAMP_NOT_FUTURE, "invalid_timestamp", col("timestamp") <= col(REFERENCE_TIME_US) + skew_us,
+                f"timestamp must not be more than {_seconds(skew_us)}s later than the time the record reached Bronze",
+                "timestamp")
+
+
+# Without clock-skew tolerance (the strictest form): the base :func:`build` derives the jobs' rules from.
 RULES: tuple[Rule, ...] = (
     Rule("price_positive", "invalid_price", col("price") > ZERO, "price must be greater than 0", "price", 8),
     Rule("quantity_positive", "invalid_quantity", col("quantity") > ZERO, "quantity must be greater than 0",
          "quantity", 8),
     Rule("symbol_present", "missing_symbol", present("symbol"), "symbol must be present", "symbol"),
     Rule("side_valid", "invalid_side", col("side").isin(["BUY", "SELL"]), "side must be BUY or SELL", "side"),
-    Rule("timestamp_not_future", "invalid_timestamp", col("timestamp") <= col(REFERENCE_TIME_US),
-         "timestamp must not be later than the time the record reached Bronze", "timestamp"),
+    timestamp_not_future(0.0),
     Rule("timestamp_within_year", "invalid_timestamp", col("timestamp") >= col(REFERENCE_TIME_US) - MAX_AGE_US,
          "timestamp must not be more than 365 days before the record reached Bronze", "timestamp"),
     Rule("message_id_present", "missing_message_id", present("message_id"), "message_id must be present",
@@ -84,6 +113,18 @@ RULES: tuple[Rule, ...] = (
 )
 
 CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(r.category for r in RULES))
+
+
+def build(max_clock_skew_s: float = 0.0, base: tuple[Rule, ...] | None = None) -> tuple[Rule, ...]:
+    """``base`` (default: :data:`RULES` as it is at call time) with the future-timestamp rule
+    allowing ``max_clock_skew_s`` seconds; the other rules and their order are unchanged."""
+    tolerant = timestamp_not_future(max_clock_skew_s)
+    return tuple(tolerant if r.name == TIMESTAMP_NOT_FUTURE else r for r in (RULES if base is None else base))
+
+
+def for_settings(settings: Settings) -> tuple[Rule, ...]:
+    """The rules Silver validates with: :func:`build` with ``settings.max_clock_skew_s``."""
+    return build(settings.max_clock_skew_s)
 
 
 def broken(batch: pa.RecordBatch, rules: tuple[Rule, ...]) -> list[pa.BooleanArray]:
@@ -127,4 +168,5 @@ def evaluate(batch: pa.RecordBatch, rules: tuple[Rule, ...] | None = None,
     return error_type, pa.array(reasons, pa.string())
 
 
-__all__ = ["CATEGORIES", "MAX_AGE_US", "REFERENCE_TIME_US", "RULES", "Rule", "broken", "col", "evaluate", "present"]
+__all__ = ["CATEGORIES", "MAX_AGE_US", "REFERENCE_TIME_US", "RULES", "TIMESTAMP_NOT_FUTURE", "Rule", "broken", "build",
+           "col", "evaluate", "for_settings", "present", "timestamp_not_future"]

@@ -61,15 +61,16 @@ def transform(source: DataFrame, settings: Settings, keep_value: bool = True) ->
     """Decode and validate (``mapInArrow``): V2 columns, schema id, ``error_type``/``error_reason``
     (NULL when valid), then the source columns (``value`` only if ``keep_value``).
 
-    The rules are :data:`lakehouse.silver.rules.RULES` as the driver has them when it builds the
-    plan; they travel to the executors with the function.
+    The rules are :func:`lakehouse.silver.rules.for_settings` as the driver has them when it builds
+    the plan (the clock-skew tolerance of ``settings`` applied); they travel to the executors with
+    the function.
     """
     from pyspark.sql import types as T
 
     source = source.select(*SOURCE_COLUMNS)
     passed = [f for f in source.schema.fields if keep_value or f.name != VALUE]
     schema = T.StructType(validated_spark_fields() + passed)
-    return source.mapInArrow(arrow_validator(settings, rules.RULES, VALUE, keep_value), schema)
+    return source.mapInArrow(arrow_validator(settings, rules.for_settings(settings), VALUE, keep_value), schema)
 
 
 def silver_columns(validated: DataFrame, validated_at: dt.datetime) -> list[Column]:
