@@ -1,11 +1,14 @@
-"""Kafka access for Bronze: true end offsets on the driver, offset ranges read into Arrow on
-executors, and the consumer-group commit that lets standard tooling show lag.
+"""Kafka access for Bronze: end offsets fixed on the driver at planning, offset ranges read into
+Arrow on executors, and the consumer-group commit that lets standard tooling show lag.
 
 The embedded broker (tansu 0.6.0) answers ListOffsets(latest) with the base offset of the last
-record batch plus one, which can be below the true end; fetch responses carry the true high
-watermark. So the driver reads the tail of each partition with ``enable.partition.eof`` and
-takes the end offset from the end-of-partition event. On Apache Kafka the same code reads one
-record per partition.
+record batch plus one, which can be below the true end. So planning fetches each partition once
+from its last reported record and fixes as end the furthest boundary it saw (the reported end,
+the last record fetched + 1, an end-of-partition offset). It never waits for an end of
+partition: while producers write, that end keeps moving and the event may never come. Records
+produced after the fixed end belong to the next run; once producers stop, the fetch returns the
+whole last batch and the end is the true end. On Apache Kafka ListOffsets is exact and the
+fetch only confirms it.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from lakehouse.bronze.errors import KafkaReadError, KafkaUnavailableError, TopicMissingError
-from lakehouse.bronze.planning import OffsetRange, Watermarks
+from lakehouse.bronze.planning import OffsetRange, Watermarks, fixed_end, tail_start
 
 log = logging.getLogger(__name__)
 
 # Messages per consume() call and rows per Arrow batch handed to Spark.
 CONSUME_BATCH = 10_000
 ARROW_BATCH_ROWS = 50_000
+# Planning takes what the tail fetch already queued locally for at most this long (never waits for more).
+TAIL_DRAIN_S = 0.5
 
 
 def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, Any]:
@@ -68,9 +73,13 @@ def partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
 
 
 def watermarks(bootstrap: str, group_id: str, topic: str, timeout_s: float) -> dict[int, Watermarks]:
-    """Per partition the low watermark and the TRUE end offset, read at this moment."""
-    # End of partition is only reported once a fetch at the end returns, and the broker holds
-    # such a fetch for fetch.wait.max.ms (500 ms by default): keep that short here.
+    """Per partition the low watermark and an end offset fixed now: every offset below it exists.
+
+    One short fetch per partition from its last reported record, never a wait for the end of a
+    partition (see the module doc); at most ``timeout_s`` for the broker to answer at all.
+    """
+    # A fetch at the end of a partition is held by the broker for fetch.wait.max.ms (500 ms by
+    # default) before it answers with an end-of-partition: keep that short here.
     consumer = Consumer(consumer_config(bootstrap, group_id, **{"fetch.wait.max.ms": 10}))
     try:
         parts = partitions(consumer, topic, timeout_s)
@@ -82,39 +91,64 @@ def watermarks(bootstrap: str, group_id: str, topic: str, timeout_s: float) -> d
             except KafkaException as err:
                 raise KafkaUnavailableError(f"cannot read watermarks of {topic} partition {p}: "
                                             f"{_kafka_error(err)}") from err
-        # Start at the last reported record (the last batch's base offset under the tansu quirk).
-        starts = {p: max(low, high - 1) for p, (low, high) in reported.items()}
-        ends = _ends_at_eof(consumer, topic, starts, timeout_s)
-        return {p: Watermarks(reported[p][0], max(ends[p], reported[p][1])) for p in parts}
+        seen = probe_tail(consumer, topic, {p: tail_start(*reported[p]) for p in parts}, timeout_s)
+        return {p: Watermarks(reported[p][0], fixed_end(reported[p][1], seen.get(p))) for p in parts}
     finally:
         consumer.close()
 
 
-def _ends_at_eof(consumer: Consumer, topic: str, starts: Mapping[int, int], timeout_s: float) -> dict[int, int]:
+def probe_tail(consumer: Consumer, topic: str, starts: Mapping[int, int], timeout_s: float) -> dict[int, int]:
+    """Fetch from ``starts`` until every partition answered once (records or an end of partition),
+    then take what those answers already brought; returns per partition the furthest boundary seen
+    (last record read + 1, or the end-of-partition offset).
+
+    It needs one answer per partition however fast producers write (``timeout_s`` only bounds a
+    broker that does not answer), and never waits for more: the drain takes only what is queued.
+    librdkafka queues a partition's records of one fetch response at once, so the drain sees the
+    whole record batch at ``starts``: once producers stop, that is the last batch, ending at the
+    true end. The high watermark librdkafka caches from fetch responses
+    (``get_watermark_offsets(cached=True)``) is not used: it is the high watermark even for a
+    read_committed consumer (librdkafka's default, as the readers are), so on Kafka with open
+    transactions it can lie beyond the last offset they can read.
+    """
     consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-    ends: dict[int, int] = {}
+    seen: dict[int, int] = {}
     deadline = time.monotonic() + timeout_s
-    while len(ends) < len(starts):
-        if time.monotonic() > deadline:
-            missing = sorted(set(starts) - set(ends))
-            raise KafkaUnavailableError(f"no end-of-partition from {topic} partitions {missing} within {timeout_s:g}s")
-        for msg in consumer.consume(CONSUME_BATCH, 0.02):
-            err = msg.error()
-            if err is None:
-                continue
-            if err.code() == KafkaError._PARTITION_EOF:
-                ends.setdefault(msg.partition(), msg.offset())
-            else:
-                raise KafkaUnavailableError(f"reading the tail of {topic} partition {msg.partition()}: {err.str()}")
-    consumer.unassign()
-    return ends
+    try:
+        while len(seen) < len(starts):
+            if time.monotonic() > deadline:
+                missing = sorted(set(starts) - set(seen))
+                raise KafkaUnavailableError(f"no fetch answer from {topic} partitions {missing} within {timeout_s:g}s")
+            _observe(topic, consumer.consume(CONSUME_BATCH, 0.02), seen)
+        drain_end = time.monotonic() + TAIL_DRAIN_S
+        while time.monotonic() < drain_end:
+            msgs = consumer.consume(CONSUME_BATCH, 0)
+            if not msgs:
+                break
+            _observe(topic, msgs, seen)
+    finally:
+        consumer.unassign()
+    return seen
+
+
+def _observe(topic: str, msgs: Sequence[Any], seen: dict[int, int]) -> None:
+    """Raise ``seen`` to the boundaries ``msgs`` prove exist; fail on a fetch error."""
+    for msg in msgs:
+        err, p = msg.error(), msg.partition()
+        if err is None:
+            boundary = msg.offset() + 1
+        elif err.code() == KafkaError._PARTITION_EOF:
+            boundary = msg.offset()
+        else:
+            raise KafkaUnavailableError(f"reading the tail of {topic} partition {p}: {err.str()}")
+        seen[p] = max(seen.get(p, boundary), boundary)
 
 
 def commit_group(bootstrap: str, group_id: str, topic: str, next_offsets: Mapping[int, int],
                  known_ends: Mapping[int, int], timeout_s: float) -> dict[int, int]:
     """Commit ``next_offsets`` to the consumer group and return the lag (end - committed) per partition.
 
-    The end is the larger of the high watermark reported now and the true end seen at planning
+    The end is the larger of the high watermark reported now and the end fixed at planning
     (the embedded broker's reported end can lag the true end); lag is clamped at zero.
     """
     consumer = Consumer(consumer_config(bootstrap, group_id))

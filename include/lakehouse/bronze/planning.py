@@ -22,10 +22,31 @@ class OffsetsFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Watermarks:
-    """One partition's readable range at planning time: ``[low, end)`` with ``end`` the true end."""
+    """One partition's readable range at planning time: ``[low, end)``, where ``end`` is fixed when
+    the run plans (every offset below it exists; records produced later are the next run's)."""
 
     low: int
     end: int
+
+
+def tail_start(low: int, reported_high: int) -> int:
+    """Where planning fetches a partition's tail: its last reported record.
+
+    The embedded broker reports the base offset of the last record batch plus one, so a fetch
+    there returns that whole batch; on Kafka it is the last record. An empty partition (or one
+    emptied by retention) is fetched at ``low``, which answers with an end of partition.
+    """
+    return max(low, reported_high - 1)
+
+
+def fixed_end(reported_high: int, *seen: int | None) -> int:
+    """A partition's end for this run: the furthest boundary known to exist.
+
+    Each value is a boundary that existed when it was read (the reported high watermark, last
+    record fetched + 1, an end-of-partition offset; None when unknown), and a partition only
+    grows, so the largest is one too. It is never waited for: later records are the next run's.
+    """
+    return max([reported_high, *(s for s in seen if s is not None)])
 
 
 @dataclass(frozen=True)
@@ -189,7 +210,7 @@ def group_tasks(chunks: Sequence[OffsetRange], slots: int) -> list[tuple[OffsetR
 
 def plan_run(topic: str, committed: Mapping[int, int], marks: Mapping[int, Watermarks], *,
              max_records: int, records_per_task: int, accept_loss: bool) -> Plan:
-    """Plan a run from the committed offsets to the end offsets seen at start.
+    """Plan a run from the committed offsets to the end offsets fixed at planning.
 
     Losses are returned in the plan either way; the caller fails the run unless ``accept_loss``.
     With ``accept_loss`` a lost partition restarts at its low watermark (the first offset that

@@ -1,8 +1,9 @@
 """One Bronze run: plan on the driver, read on executors, commit data and offsets atomically.
 
 Order of a run, and what a SIGKILL at each point leaves behind:
-  1. drop branches of runs killed earlier; read committed offsets from main; find the true end
-     offsets in Kafka; plan ranges (admission cap) -> killed here: nothing written.
+  1. drop branches of runs killed earlier; read committed offsets from main; fix the end offsets
+     in Kafka (one short fetch, never a wait for the end, which keeps moving while producers
+     write); stamp the ingestion time; plan ranges (admission cap) -> killed here: nothing written.
   2. data loss (retention gap, recreated topic): audit row + metric, then fail, or move on
      when ``bronze_accept_data_loss`` is set.
   3. create branch ``bronze_run_*`` from the planned-from snapshot; Spark tasks read the ranges
@@ -31,7 +32,7 @@ from confluent_kafka import KafkaException
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
-from lakehouse import names
+from lakehouse import names, runreport
 from lakehouse.bronze import iceberg, kafka, tasks
 from lakehouse.bronze.errors import BronzeError, CommitError, ConcurrentRunError, DataLossError
 from lakehouse.bronze.planning import OFFSETS_RESET, Plan, Watermarks, encode_offsets, group_tasks, plan_run
@@ -60,6 +61,10 @@ class RunResult:
     status: str  # "committed" or "noop"
     records: int = 0
     bytes: int = 0
+    # Records between the committed offsets and the planned ends: more than ``records`` means the
+    # admission cap left the rest for the next run.
+    available: int = 0
+    ingestion_time: str = ""  # ISO time stamped on this run's records, fixed after the end offsets
     snapshot_id: int | None = None
     offsets_source: str = ""
     partitions: dict[int, dict[str, int]] = field(default_factory=dict)
@@ -70,7 +75,8 @@ class RunResult:
 
     def as_log(self) -> dict[str, Any]:
         return {"exchange": self.exchange, "run_id": self.run_id, "status": self.status, "records": self.records,
-                "bytes": self.bytes, "snapshot_id": self.snapshot_id, "offsets_source": self.offsets_source,
+                "bytes": self.bytes, "available": self.available, "ingestion_time": self.ingestion_time,
+                "snapshot_id": self.snapshot_id, "offsets_source": self.offsets_source,
                 "partitions": {str(p): v for p, v in self.partitions.items()},
                 "accepted_losses": self.accepted_losses, "tasks": self.tasks, "attempts": self.attempts,
                 "duration_s": round(self.duration_s, 3)}
@@ -134,7 +140,8 @@ class BronzeRun:
         self.table = names.qualified(settings, names.bronze_table(exchange))
         self.run_id = run_id or uuid.uuid4().hex
         self.branch = iceberg.branch_name(self.run_id)
-        self.ingestion_time = dt.datetime.now(dt.timezone.utc)
+        # Stamped by make_plan() once the end offsets are fixed (see there).
+        self.ingestion_time: dt.datetime | None = None
         self.committed: iceberg.Committed | None = None
         self.plan: Plan | None = None
         self.marks: dict[int, Watermarks] = {}
@@ -145,12 +152,16 @@ class BronzeRun:
         self.tasks = 0
 
     def make_plan(self) -> Plan:
-        """Committed offsets (from main) + true end offsets (from Kafka) -> ranges within the cap."""
+        """Committed offsets (from main) + end offsets fixed now (from Kafka) -> ranges within the cap."""
         s = self.settings
         iceberg.refresh(self.spark, s, self.exchange)
         self.committed = iceberg.committed_offsets(self.spark, s, self.exchange, self.topic)
         self.marks = kafka.watermarks(s.bootstrap_servers, names.bronze_reader_group(self.exchange), self.topic,
                                       s.bronze_kafka_timeout_s)
+        # Every planned record was in Kafka before this moment, so none carries a timestamp (Kafka's,
+        # the trade's) later than its ingestion time. Stamped earlier (at run start), records produced
+        # while the run planned would, and Silver's future-timestamp rule would dead-letter them.
+        self.ingestion_time = dt.datetime.now(dt.timezone.utc)
         self.plan = plan_run(self.topic, self.committed.offsets, self.marks, max_records=s.bronze_max_records_per_run,
                              records_per_task=s.bronze_records_per_task, accept_loss=s.bronze_accept_data_loss)
         return self.plan
@@ -158,7 +169,8 @@ class BronzeRun:
     def write(self) -> int:
         """Read and write the planned records on executors, then append their data files to this
         run's branch in one snapshot that carries the offsets; main does not move yet."""
-        assert self.plan is not None and self.committed is not None, "make_plan() first"
+        assert self.plan is not None and self.committed is not None and self.ingestion_time is not None, \
+            "make_plan() first"
         from py4j.protocol import Py4JJavaError
         from pyspark.errors import PySparkException
 
@@ -282,20 +294,25 @@ def run_bronze(spark: SparkSession, settings: Settings, exchange: str) -> RunRes
     run_id = uuid.uuid4().hex
     audited: set[tuple[int, str]] = set()
     try:
-        iceberg.drop_stale_branches(spark, settings, exchange)
+        with runreport.phase("planning", exchange):
+            iceberg.drop_stale_branches(spark, settings, exchange)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             run = BronzeRun(spark, settings, exchange, run_id)
             try:
-                plan = run.make_plan()
-                accepted = _handle_losses(run, metrics, audited) if plan.losses else []
-                assert run.committed is not None
-                result = RunResult(exchange, run_id, "noop", offsets_source=run.committed.source,
+                with runreport.phase("planning", exchange):
+                    plan = run.make_plan()
+                    accepted = _handle_losses(run, metrics, audited) if plan.losses else []
+                assert run.committed is not None and run.ingestion_time is not None
+                result = RunResult(exchange, run_id, "noop", available=plan.available,
+                                   ingestion_time=run.ingestion_time.isoformat(), offsets_source=run.committed.source,
                                    accepted_losses=accepted, attempts=attempt)
                 if plan.changes_offsets:
                     crash_point(settings, "before_write")
-                    run.write()
+                    with runreport.phase("work", exchange):
+                        run.write()
                     crash_point(settings, "after_write")
-                    result.snapshot_id = run.commit()
+                    with runreport.phase("commit", exchange):
+                        result.snapshot_id = run.commit()
                     crash_point(settings, "after_commit")
                     result.status, result.records, result.bytes = "committed", run.records, run.bytes
                     result.tasks = run.tasks
@@ -307,9 +324,11 @@ def run_bronze(spark: SparkSession, settings: Settings, exchange: str) -> RunRes
                 log.warning("main of %s moved without new offsets (compaction?); re-planning", run.table,
                             extra={"attempt": attempt, "run_id": run_id})
             finally:
-                run.drop_branch()
+                with runreport.phase("commit", exchange):  # the commit's clean-up (a no-op without a branch)
+                    run.drop_branch()
         starts = {r.partition: r.start for r in plan.ranges}
-        lag = _commit_group(settings, exchange, run, plan)
+        with runreport.phase("commit", exchange):
+            lag = _commit_group(settings, exchange, run, plan)
         result.partitions = {p: {"start": starts.get(p, o), "end": o, "lag": lag.get(p, 0)}
                              for p, o in plan.next_offsets.items()}
     except BronzeError as err:
