@@ -35,7 +35,7 @@ import psutil
 
 PHASES = ("handoff", "startup", "planning", "work", "commit", "exit")
 # Environment variable through which the operator tells the job when spark-submit started.
-SUBMITTED_AT_ENV = "LAKEHOUSE_RUN_SUBMITTED_AT"
+SUBMITTED_AT_ENV = "SPARK_SUBMIT_STARTED_AT"  # not LAKEHOUSE_*: those are settings, and unknown ones fail
 
 _lock = threading.Lock()
 

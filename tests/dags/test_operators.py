@@ -64,6 +64,7 @@ def test_spark_task_submits_exactly_what_lakehouse_run_submits(dagbag: Any, monk
     assert airflow == _parse_submit(spec.argv(spark_submit_binary()))
     assert airflow["--master"] == settings.spark_master == "local[*]"
     env = dict(captured["env"])
+    load_settings(env)  # the job loads its settings from exactly this environment: nothing unknown in it
     assert float(env.pop(runreport.SUBMITTED_AT_ENV)) > 0
     assert env == spec.env
 
