@@ -118,3 +118,37 @@ def test_postgres_catalog_translation() -> None:
     conf = spark_conf(settings)
     assert conf["spark.sql.catalog.lakehouse.jdbc.user"] == "ice"
     assert "spark.sql.catalog.lakehouse.jdbc.busy_timeout" not in conf
+
+
+def test_driver_jvm_maps_the_class_archive_only_when_make_built_it(tmp_path: Path) -> None:
+    from lakehouse.spark import driver_java_options, spark_conf
+
+    archive = tmp_path / "spark.jsa"
+    settings = load_settings({"LAKEHOUSE_HOME": str(tmp_path), "LAKEHOUSE_SPARK_CDS_ARCHIVE": str(archive)})
+    options = spark_conf(settings)["spark.driver.extraJavaOptions"]
+    assert "-XX:TieredStopAtLevel=1" in options and "-XX:+UseSerialGC" in options
+    assert "SharedArchiveFile" not in options and "log4j.configurationFile" in options
+    archive.write_bytes(b"x")
+    options = driver_java_options(settings)
+    assert f"-XX:SharedArchiveFile={archive}" in options and "-Xshare:auto" in options
+    assert "SharedArchiveFile" not in driver_java_options(settings, archive=False)
+    # Executors (other machines in cluster modes) never get the driver's archive.
+    assert "SharedArchiveFile" not in spark_conf(settings)["spark.executor.extraJavaOptions"]
+    custom = load_settings({"LAKEHOUSE_HOME": str(tmp_path), "LAKEHOUSE_SPARK_DRIVER_JAVA_OPTIONS": "-Xss4m"})
+    assert "-Xss4m" in driver_java_options(custom) and "TieredStopAtLevel" not in driver_java_options(custom)
+
+
+def test_python_workers_fork_from_a_daemon_that_preloaded_the_task_modules() -> None:
+    import subprocess
+    import sys
+
+    from lakehouse import spark_daemon
+    from lakehouse.spark import DAEMON_MODULE, spark_conf
+
+    assert spark_conf(load_settings({}))["spark.python.daemon.module"] == DAEMON_MODULE == spark_daemon.__name__
+    probe = ("import sys; from lakehouse.spark_daemon import preload; missing = preload(); "
+             "print(missing, all(m in sys.modules for m in ('lakehouse.bronze.tasks', 'lakehouse.silver.tasks', "
+             "'pyiceberg.io.pyarrow')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[] True"
+    assert spark_daemon.preload(("lakehouse.no_such_module",)) == ["lakehouse.no_such_module"]

@@ -615,19 +615,42 @@ def measure_floor(settings: Settings, env: Mapping[str, str], procs: Processes, 
 # --- what is read at the end ------------------------------------------------------------------------
 
 def read_gold(settings: Settings) -> dict[str, Any]:
-    """message_id, producer time (µs) and Gold time (µs) of every Gold row."""
+    """message_id, producer time (µs) and Gold time (µs) of every Gold row.
+
+    The Gold time is when the row became visible: the commit time of the snapshot that added its
+    data file (``gold_ingestion_timestamp`` is stamped when the micro-batch starts, seconds before
+    its MERGE commits). Files come from the current snapshot's manifest entries, each with the
+    snapshot that added it.
+    """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from lakehouse import names
     from lakehouse.catalog import load_catalog
 
     table = load_catalog(settings).load_table(names.GOLD_TABLE)
-    rows = table.scan(selected_fields=("message_id", "ingestion_timestamp", "gold_ingestion_timestamp")).to_arrow()
-    gold_ts = rows.column("gold_ingestion_timestamp")
-    gold_us = gold_ts.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    committed_ms = {snap.snapshot_id: snap.timestamp_ms for snap in table.snapshots()}
+    columns = ["message_id", "ingestion_timestamp"]
+    parts: list[pa.Table] = []
+    if table.current_snapshot() is not None:
+        entries = table.inspect.entries().to_pylist()
+        for entry in entries:
+            if entry["status"] == 2:  # deleted entries are not rows of the table
+                continue
+            path = entry["data_file"]["file_path"]
+            with table.io.new_input(path).open() as stream:
+                part = pq.read_table(stream, columns=columns)
+            visible_us = committed_ms[entry["snapshot_id"]] * 1000
+            parts.append(part.append_column("gold_us", pa.array([visible_us] * part.num_rows, pa.int64())))
+    rows = (pa.concat_tables(parts) if parts
+            else pa.table({"message_id": pa.array([], pa.string()), "ingestion_timestamp": pa.array([], pa.int64()),
+                           "gold_us": pa.array([], pa.int64())}))
+    producer = rows.column("ingestion_timestamp")
+    if pa.types.is_timestamp(producer.type):
+        producer = producer.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
     return {"message_id": rows.column("message_id"),
-            "producer_us": rows.column("ingestion_timestamp").to_numpy(),
-            "gold_us": gold_us.to_numpy(zero_copy_only=False)}
+            "producer_us": producer.to_numpy(),
+            "gold_us": rows.column("gold_us").to_numpy()}
 
 
 def read_airflow(settings: Settings) -> tuple[list[an.TaskTry], list[dict[str, Any]]]:
