@@ -91,6 +91,7 @@ def run_job(layer: str, description: str, run: Callable[..., object], failures: 
                 errors.append(str(err))
     finally:
         report.finished_at = time.time()
+        report.cpu_s = runreport.process_tree_cpu()
         if args.report is not None:
             report.write(args.report)
         runreport.stop()

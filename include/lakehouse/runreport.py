@@ -63,6 +63,7 @@ class RunReport:
     submitted_at: float | None = None  # epoch s when spark-submit started (from the operator or the parent JVM)
     session_ready_at: float | None = None
     finished_at: float | None = None
+    cpu_s: float | None = None  # CPU seconds of spark-submit's process tree (JVM, Python driver, workers) so far
     exchanges: dict[str, ExchangeOutcome] = field(default_factory=dict)
     current: str | None = None  # the exchange whose work is being recorded now
 
@@ -93,7 +94,7 @@ class RunReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "submitted_at": self.submitted_at, "session_ready_at": self.session_ready_at,
-                "finished_at": self.finished_at,
+                "finished_at": self.finished_at, "cpu_s": None if self.cpu_s is None else round(self.cpu_s, 3),
                 "exchanges": {k: v.as_dict() for k, v in self.exchanges.items() if k != "_run"},
                 "phases": {k: round(v, 4) for k, v in self.phase_totals().items()}}
 
@@ -166,6 +167,25 @@ def submit_time() -> float | None:
     except psutil.Error:
         return None
     return None
+
+
+def process_tree_cpu() -> float | None:
+    """CPU seconds used so far by this run's processes: the spark-submit JVM (this driver's parent
+    when spark-submit started it, else this process) and everything below it, Python workers included."""
+    try:
+        me = psutil.Process()
+        parent = me.parent()
+        root = parent if parent is not None and any("SparkSubmit" in p for p in parent.cmdline()) else me
+        total = 0.0
+        for proc in (root, *root.children(recursive=True)):
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:  # a worker that just exited
+                continue
+        return total
+    except psutil.Error:
+        return None
 
 
 def read(path: Path) -> dict[str, Any] | None:

@@ -1060,6 +1060,9 @@ def analyze(got: Collected, settings: Settings, produced_ts: np.ndarray, produce
         figures.append((f"sustained_{layer}_run_reports", costs[layer]["runs"], "count"))
         for phase in phases:
             figures.append((f"{layer}_{phase}_s", costs[layer]["phases"].get(phase), "s"))
+        # CPU of the run's Spark processes (JVM, Python driver and workers) up to its finish.
+        cpu_reports = [{**r, "phases": {"cpu": r.get("cpu_s")}} for r in read_run_reports(settings, layer)]
+        figures.append((f"{layer}_cpu_s", an.phase_medians(cpu_reports, ("cpu",), window)["phases"].get("cpu"), "s"))
     for label, prefix in (("idle", "spark_session_floor"), ("with_airflow", "spark_session_floor_with_airflow")):
         floor = got.floors.get(label, {})
         ok = floor.get("exit_code") == 0

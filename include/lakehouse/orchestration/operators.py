@@ -51,7 +51,6 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
         self.job_args = list(job_args)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        started = time.time()
         settings = load_settings()
         waiting = pending.pending_work(settings, self.job)
         if not waiting:
@@ -65,20 +64,21 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
         self.application_args = spec.application_args
         self.conf = dict(spec.conf)
         self.jars = ",".join(spec.jars)
-        self.env_vars = {**spec.env, **(self.env_vars or {}), runreport.SUBMITTED_AT_ENV: f"{time.time():.6f}"}
+        submitted = time.time()
+        self.env_vars = {**spec.env, **(self.env_vars or {}), runreport.SUBMITTED_AT_ENV: f"{submitted:.6f}"}
         self.log.info("spark-submit of job %s %s (settings master %s; connection %s decides)",
                       self.job, " ".join(self.job_args), spec.master, self._conn_id)
         self._hook = None  # built from this execution's arguments (the report path is new each time)
         try:
             super().execute(context)
         except AirflowException as err:
-            report = finish_report(report_path, context, started)
+            report = finish_report(report_path, context, submitted)
             failed = [name for name, o in (report or {}).get("exchanges", {}).items() if o.get("status") == "failed"]
             if failed:
                 raise AirflowException(f"{self.job} failed for {', '.join(failed)}: "
                                        + "; ".join(report["exchanges"][n]["error"] for n in failed)) from err
             raise
-        report = finish_report(report_path, context, started) or {}
+        report = finish_report(report_path, context, submitted) or {}
         self._log_outcome(report)
         self._annotate_assets(settings, report, context)
         return summary(report)
@@ -110,9 +110,10 @@ def report_file(settings: Settings, layer: str, context: Any) -> Path:
     return names.run_report_dir(settings, layer) / f"{safe}.try{attempt}.json"
 
 
-def finish_report(path: Path, context: Any, task_started: float) -> dict[str, Any] | None:
-    """Add the Airflow side to the job's report: hand-off (DAG run queued -> task start) and exit
-    (job finished -> spark-submit exited). Returns the report (None if the job wrote none)."""
+def finish_report(path: Path, context: Any, submitted: float) -> dict[str, Any] | None:
+    """Add the Airflow side to the job's report: hand-off (DAG run queued -> spark-submit started:
+    scheduling, executor, task start, the pending-work check) and exit (job finished -> spark-submit
+    exited). Returns the report (None if the job wrote none)."""
     report = runreport.read(path)
     if report is None:
         return None
@@ -121,11 +122,11 @@ def finish_report(path: Path, context: Any, task_started: float) -> dict[str, An
     dag_run = context.get("dag_run") if hasattr(context, "get") else None
     queued = getattr(dag_run, "queued_at", None) or getattr(dag_run, "start_date", None)
     if isinstance(queued, dt.datetime):
-        phases["handoff"] = round(max(0.0, task_started - queued.timestamp()), 4)
+        phases["handoff"] = round(max(0.0, submitted - queued.timestamp()), 4)
         report["queued_at"] = queued.timestamp()
     if report.get("finished_at"):
         phases["exit"] = round(max(0.0, now - float(report["finished_at"])), 4)
-    report["task_started_at"], report["task_ended_at"] = task_started, now
+    report["spark_submit_at"], report["task_ended_at"] = submitted, now
     report["dag_run_id"] = str(getattr(dag_run, "run_id", "") or "")
     tmp = path.with_name(f".{path.name}.airflow")
     tmp.write_text(json.dumps(report, separators=(",", ":")))
