@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lakehouse.settings import Settings, SettingsError
@@ -113,3 +114,23 @@ def append_data_files(table: Table, data_files: Sequence[DataFile], properties: 
         with tx.update_snapshot(snapshot_properties=dict(properties), branch=branch).fast_append() as append:
             for data_file in data_files:
                 append.append_data_file(data_file)
+
+
+@dataclass(frozen=True)
+class NewestAppend:
+    """The newest append snapshot of a table: where a stream of it has to get to."""
+
+    snapshot_id: int
+    sequence_number: int
+    added_files: int
+
+
+def newest_append(table: Table) -> NewestAppend | None:
+    """The newest append in the table's current history (Iceberg streams skip replace/delete snapshots)."""
+    metadata = table.metadata
+    snap = metadata.snapshot_by_id(metadata.current_snapshot_id) if metadata.current_snapshot_id else None
+    while snap is not None and snap.summary is not None and snap.summary.operation.value != "append":
+        snap = metadata.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
+    if snap is None or snap.summary is None:
+        return None
+    return NewestAppend(snap.snapshot_id, snap.sequence_number or 0, int(snap.summary.get("added-data-files") or 0))

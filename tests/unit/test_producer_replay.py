@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -191,3 +192,31 @@ def test_rate_must_be_positive(tmp_path: Path) -> None:
     pub, _ = publisher("kraken")
     with pytest.raises(ReplayError):
         replay(pub, tmp_path / "x", rate=0)
+
+
+class MillisecondPollSink(MemorySink):
+    """Polls like librdkafka: the timeout is whole milliseconds, so a sub-millisecond wait is poll(0)."""
+
+    def __init__(self) -> None:
+        super().__init__(keep=False)
+        self.polls = 0
+
+    def poll(self, timeout: float = 0.0) -> int:
+        self.polls += 1
+        time.sleep(int(timeout * 1000) / 1000)
+        return 0
+
+
+def test_paced_replay_waits_instead_of_spinning_and_keeps_its_rate(tmp_path: Path) -> None:
+    path = tmp_path / "binance.jsonl"
+    write_recording(path, generate_frames("binance", 600, seed=3))
+    sink = MillisecondPollSink()
+    pub = Publisher(normalizer_for("binance", QUOTES), RecordingEncoder(), sink,  # type: ignore[arg-type]
+                    topic="t", rejects_topic="t.rejects")
+    started = time.monotonic()
+    replay(pub, path, rate=2000)  # 600 trades, 0.5 ms apart: 0.3 s
+    elapsed = time.monotonic() - started
+    assert pub.stats.produced == 600
+    assert 0.27 <= elapsed < 1.0
+    # One wait per ~10 ms of schedule, not a poll(0) loop between every two trades.
+    assert sink.polls < 100, sink.polls

@@ -35,26 +35,6 @@ class StreamPosition:
     position: int
 
 
-@dataclass(frozen=True)
-class Newest:
-    """The newest append snapshot of a table (what a stream of it has to reach)."""
-
-    snapshot_id: int
-    sequence_number: int
-    added_files: int
-
-
-def newest_append(table: Table) -> Newest | None:
-    """The newest append in the table's current history (streams skip replace/delete snapshots)."""
-    metadata = table.metadata
-    snap = metadata.snapshot_by_id(metadata.current_snapshot_id) if metadata.current_snapshot_id else None
-    while snap is not None and snap.summary is not None and snap.summary.operation.value != "append":
-        snap = metadata.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
-    if snap is None or snap.summary is None:
-        return None
-    return Newest(snap.snapshot_id, snap.sequence_number or 0, int(snap.summary.get("added-data-files") or 0))
-
-
 def _local_dir(uri: str) -> Path | None:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
@@ -96,6 +76,8 @@ def committed_position(checkpoint_uri: str) -> StreamPosition | None:
 
 def stream_behind(upstream: Table, checkpoint_uri: str) -> str | None:
     """Why a stream of ``upstream`` with this checkpoint has work (None: it has consumed every append)."""
+    from lakehouse.catalog import newest_append
+
     newest = newest_append(upstream)
     if newest is None:
         return None
@@ -163,5 +145,4 @@ def pending_work(settings: Settings, layer: str) -> dict[str, str]:
     return waiting
 
 
-__all__ = ["Newest", "StreamPosition", "Undecided", "committed_position", "kafka_behind", "newest_append",
-           "pending_work", "stream_behind"]
+__all__ = ["StreamPosition", "Undecided", "committed_position", "kafka_behind", "pending_work", "stream_behind"]

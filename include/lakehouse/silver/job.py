@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lakehouse import names, runreport
-from lakehouse.catalog import append_data_files, load_catalog
+from lakehouse.catalog import NewestAppend, append_data_files, load_catalog, newest_append
 from lakehouse.metrics import StatsD
 from lakehouse.registry import RegistryUnavailableError
 from lakehouse.settings import Settings
@@ -275,24 +275,13 @@ def describe_run(summary: RunSummary) -> tuple[str, int, dict[str, object]]:
              "dlq_rate": round(summary.dlq_rate, 6), "duration_s": round(summary.duration_s, 3)})
 
 
-@dataclass(frozen=True)
-class Target:
-    """The last Bronze append when the run started: the run ends once the stream has consumed it."""
-
-    snapshot_id: int
-    sequence_number: int
-    added_files: int
+# The last Bronze append when the run started: the run ends once the stream has consumed it.
+Target = NewestAppend
 
 
 def bronze_target(settings: Settings, exchange: str) -> Target | None:
     """The newest append snapshot in Bronze's current history (replace/delete snapshots are not streamed)."""
-    metadata = load_catalog(settings).load_table(names.bronze_table(exchange)).metadata
-    snap = metadata.snapshot_by_id(metadata.current_snapshot_id) if metadata.current_snapshot_id else None
-    while snap is not None and snap.summary is not None and snap.summary.operation.value != "append":
-        snap = metadata.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
-    if snap is None or snap.summary is None:
-        return None
-    return Target(snap.snapshot_id, snap.sequence_number or 0, int(snap.summary.get("added-data-files") or 0))
+    return newest_append(load_catalog(settings).load_table(names.bronze_table(exchange)))
 
 
 class _Progress:
