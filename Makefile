@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
 	@echo "make test   - install everything and run the test suite"
-	@echo "make bench  - run the benchmarks (BENCH lines)"
+	@echo "make bench  - run the benchmarks (BENCH lines), including each layer's per-run cost breakdown"
+	@echo "make bench-sustained - the whole orchestrated pipeline at RATE=2000 trades/s for MINUTES=15"
 	@echo "make setup  - only install (virtualenv, Python packages, JDBC driver check)"
 
 setup: $(STAMP) check-java check-jdbc $(JVM_ARCHIVE)

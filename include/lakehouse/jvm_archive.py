@@ -55,7 +55,7 @@ def build(settings: Settings, timeout_s: float = TRAINING_TIMEOUT_S) -> Path:
         env = dict(local_environment(scratch, scratch.env()))
         env = {**os.environ, **env}
         try:
-            done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=tmp,
                                   stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as err:
             raise ArchiveError(f"the training run did not finish within {timeout_s:.0f}s") from err
