@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from conftest import free_port, make_env
 from lakehouse import names
 from lakehouse.broker import port_open
 from lakehouse.catalog import load_catalog
+from lakehouse.orchestration.environment import ui_healthy
 from lakehouse.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -43,14 +42,6 @@ def _wait_for(what: str, check: Callable[[], bool], proc: subprocess.Popen[bytes
 
 def _tail(log: Path, lines: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _ui_healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _gold_exchanges(settings: Settings) -> set[str]:
@@ -84,7 +75,7 @@ def test_run_all_serves_the_ui_fills_gold_and_stops_without_leftovers(tmp_path: 
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     seen: dict[int, psutil.Process] = {}
     try:
-        _wait_for("Airflow UI", lambda: _ui_healthy(settings.airflow_port), proc, log, timeout_s=600)
+        _wait_for("Airflow UI", lambda: ui_healthy(settings), proc, log, timeout_s=600)
         ui_s = time.monotonic() - started
         assert "password" in log.read_text()
 

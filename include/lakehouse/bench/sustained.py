@@ -225,6 +225,8 @@ class Processes:
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until run-all printed its banner (stack up, Airflow prepared, UI answering)."""
+        from lakehouse.orchestration.environment import ui_healthy
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.check_alive()
@@ -234,7 +236,7 @@ class Processes:
                     return
             except OSError:
                 pass
-            if _ui_healthy(self.settings.airflow_port):
+            if ui_healthy(self.settings):
                 time.sleep(5)  # run-all prints its banner a moment after the UI answers
                 return
             time.sleep(2)
@@ -348,17 +350,6 @@ class Processes:
                 if proc.pid != me and os.getsid(proc.pid) in sessions and _alive(proc):
                     alive.setdefault(proc.pid, proc)
         return list(alive.values())
-
-
-def _ui_healthy(port: int) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _alive(proc: Any) -> bool:

@@ -40,6 +40,19 @@ def api_url(settings: Settings) -> str:
     return f"http://localhost:{settings.airflow_port}"
 
 
+def ui_healthy(settings: Settings) -> bool:
+    """Whether the project's Airflow API server answers its health endpoint (waits at most 5 s)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health",
+                                    timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def spark_connection(settings: Settings) -> str:
     """The ``spark_default`` connection as JSON: the master is ``settings.spark_master``.
 

@@ -93,8 +93,10 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
         events = context.get("outlet_events") if hasattr(context, "get") else None
         if events is None:
             return
+        owner = {names.qualified(settings, table(e)): e for e in settings.exchanges
+                 for table in (names.bronze_table, names.silver_table)}
         for outlet in self.outlets or []:
-            exchange = next((e for e in settings.exchanges if f"_{e}_" in outlet.name), None)
+            exchange = owner.get(outlet.name)
             outcome = report.get("exchanges", {}).get(exchange or "", {}) if exchange else {}
             extra = {"layer": self.job, **({"exchange": exchange, "status": outcome.get("status"),
                                             "records": outcome.get("records")} if outcome else {})}
