@@ -8,11 +8,12 @@ JVM_ARCHIVE := $(VENV)/lakehouse-spark.jsa
 SQLITE_JDBC ?= /usr/share/java/sqlite-jdbc.jar
 PYTEST_ARGS ?=
 
-.PHONY: setup check-java check-jdbc test test-unit bench run up down status clean help
+.PHONY: setup check-java check-jdbc test test-unit test-faults bench run up down status clean help
 
 help:
 	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
 	@echo "make test   - install everything and run the test suite"
+	@echo "make test-faults - only the fault tier (kills, restarts, races, outages): the README's fault table"
 	@echo "make bench  - run the benchmarks (BENCH lines), including each layer's per-run cost breakdown"
 	@echo "make bench-sustained - the whole orchestrated pipeline at RATE=2000 trades/s for MINUTES=15"
 	@echo "make setup  - only install (virtualenv, Python packages, JDBC driver check)"
@@ -57,6 +58,10 @@ test: setup
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# The fault tier alone (part of 'make test'): kills, restarts, races, outages, bad input.
+test-faults: setup
+	$(PY) -m pytest -m fault $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m lakehouse.bench $(BENCH_ARGS)

@@ -15,16 +15,20 @@ the `lakehouse_alerts` webhook when that connection exists).
 **When it fails**
 1. Open the failed task's log: the Spark driver output is in it.
 2. `lakehouse status` shows whether the broker is reachable and the topic's end offsets.
-3. "offsets lost to retention" errors mean unread Kafka data was deleted: it is recorded in
-   `market_data.pipeline_audit`; accept the loss deliberately with
-   `LAKEHOUSE_BRONZE_ACCEPT_DATA_LOSS=true` for one run.
+3. "deleted by retention" or "topic was recreated" errors mean unread Kafka data is gone: it is
+   recorded in `market_data.pipeline_audit`. Accept that loss deliberately, once: *Trigger DAG*
+   with `{"accept_data_loss": true}` (or `airflow dags trigger bronze_ingestion -c
+   '{"accept_data_loss": true}'`, or `lakehouse run bronze --exchange <x> --accept-data-loss`).
+   That run records the accepted offset ranges; later runs fail on a new loss again. After a
+   restart of the embedded broker (topics in memory) Bronze starts the new topics from offset 0
+   by itself and records how many records never reached it (`lakehouse status`).
 4. Fix the cause and *Clear* the task; `lakehouse run bronze --exchange <x>` runs the same job
    from a shell.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 
 from lakehouse import names
 from lakehouse.orchestration.dags import START_DATE, TAG, layer_deadline, layer_schedule, spark_job_task, task_defaults
@@ -43,5 +47,8 @@ with DAG(
     default_args=task_defaults(settings, "bronze"),
     deadline=layer_deadline(settings, "bronze"),
     tags=[TAG, "bronze", "layer"],
+    params={"accept_data_loss": Param(False, type="boolean",
+                                      description="Manual runs only: accept the data loss this run finds "
+                                                  "(recorded in market_data.pipeline_audit), once.")},
 ) as dag:
     spark_job_task(settings, "bronze")

@@ -7,6 +7,8 @@ memory: stopping the broker discards the topics (Bronze detects that as a recrea
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from lakehouse import names
@@ -124,14 +126,99 @@ def _terminate(pid: int, timeout_s: float = 10.0) -> None:
 
 
 def stop(settings: Settings) -> bool:
-    """Stop the broker if this home started one; True when a process was stopped."""
+    """Stop the broker if this home started one; True when a process was stopped.
+
+    The broker keeps topics in memory, so their end offsets are recorded first
+    (:func:`record_topics_at_stop`): after the next start, Bronze can say how many records were
+    produced to the old topics and never reached it.
+    """
     pid = _running_pid(settings)
     _pid_file(settings).unlink(missing_ok=True)
     if pid is None:
         return False
+    from lakehouse.bronze.errors import BronzeError
+
+    try:
+        record_topics_at_stop(settings)
+    except (KafkaException, BronzeError, OSError) as err:  # the count is then reported as unknown, nothing else depends on it
+        log.warning("could not record the topics' end offsets before stopping the broker: %s", err)
     _terminate(pid)
     log.info("broker stopped", extra={"pid": pid})
     return True
+
+
+# Incarnations of each topic kept in the record, newest last.
+RECORDED_INCARNATIONS = 20
+STOP_RECORD_GROUP = "lakehouse-broker-stop"
+
+
+def topic_ids(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, str | None]:
+    """Each topic's id (the broker assigns a new one when a topic is created again), or None
+    where the broker reports none (Kafka before 2.8) or the topic does not exist."""
+    client = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000)})
+    futures = client.describe_topics(TopicCollection(topics), request_timeout=timeout_s)
+    ids: dict[str, str | None] = {}
+    for name, future in futures.items():
+        try:
+            topic_id = future.result().topic_id
+        except KafkaException as err:
+            if err.args and isinstance(err.args[0], KafkaError) and \
+                    err.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                ids[name] = None
+                continue
+            raise
+        text = str(topic_id) if topic_id is not None else ""
+        ids[name] = None if not text or text == "AAAAAAAAAAAAAAAAAAAAAA" else text  # the all-zero id: none
+    return ids
+
+
+def record_topics_at_stop(settings: Settings) -> dict[str, dict[str, object]]:
+    """Append each exchange topic's id and end offsets to the home's record, just before a stop.
+
+    The ends are Bronze's (one tail fetch per partition): the embedded broker's ListOffsets
+    answer can be short of the true end (see :mod:`lakehouse.bronze.kafka`).
+    """
+    from lakehouse.bronze import kafka as bronze_kafka  # Bronze's Kafka module imports this one
+    topics = [names.topic(settings, exchange) for exchange in settings.exchanges]
+    ids = topic_ids(settings.bootstrap_servers, topics, timeout_s=5.0)
+    record = read_topics_at_stop(settings)
+    stopped_at = dt.datetime.now(dt.timezone.utc).isoformat()
+    for topic_name in topics:
+        topic_id = ids.get(topic_name)
+        if topic_id is None:
+            continue
+        marks = bronze_kafka.watermarks(settings.bootstrap_servers, STOP_RECORD_GROUP, topic_name, 5.0)
+        ends = {str(p): mark.end for p, mark in marks.items()}
+        history = [entry for entry in record.get(topic_name, []) if entry.get("topic_id") != topic_id]
+        history.append({"topic_id": topic_id, "ends": ends, "stopped_at": stopped_at})
+        record[topic_name] = history[-RECORDED_INCARNATIONS:]
+    path = names.topics_at_stop_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return record
+
+
+def read_topics_at_stop(settings: Settings) -> dict[str, list[dict[str, object]]]:
+    """The record written by :func:`record_topics_at_stop` (empty if the broker never stopped cleanly)."""
+    path = names.topics_at_stop_file(settings)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable %s: %s", path, err)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def ends_at_stop(settings: Settings, topic_name: str, topic_id: str) -> dict[int, int] | None:
+    """End offsets of one incarnation of a topic when the broker last stopped (None: not recorded)."""
+    for entry in read_topics_at_stop(settings).get(topic_name, []):
+        if entry.get("topic_id") == topic_id and isinstance(entry.get("ends"), dict):
+            return {int(p): int(o) for p, o in entry["ends"].items()}
+    return None
 
 
 def admin(settings: Settings) -> AdminClient:

@@ -84,6 +84,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             print(f"table    {table}: {info['records']} rows, {info['snapshots']} snapshots")
         else:
             print(f"table    {table}: missing (run 'lakehouse up')")
+    for item in result.get("discarded", []):
+        count = "an unknown number of" if item["records"] is None else str(item["records"])
+        print(f"discarded {item['time']} {item['table']}: {count} records never reached Bronze ({item['event']}: "
+              f"{item['detail']})")
     return 0
 
 
@@ -133,6 +137,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from lakehouse.spark import spark_submit_binary, submit_spec
 
     job_args: list[str] = []
+    if args.accept_data_loss:
+        if args.layer != "bronze":
+            raise CliError("--accept-data-loss applies to 'lakehouse run bronze' only")
+        job_args.append("--accept-data-loss")
     if args.exchange and args.layer == "gold":
         raise CliError("'lakehouse run gold' always reads every exchange's Silver table: drop --exchange")
     for exchange in args.exchange:
@@ -197,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exchange", action="append", default=[],
                    help="bronze/silver: only this exchange (repeatable; default: every configured exchange)")
     p.add_argument("--print-command", action="store_true", help="print the spark-submit command and exit")
+    p.add_argument("--accept-data-loss", action="store_true",
+                   help="bronze: accept the data loss this run finds (retention gap, recreated topic), once; "
+                        "it is recorded with its offset ranges in market_data.pipeline_audit")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("jvm-archive", help="build the Spark driver's class-data-sharing archive (run by make)")

@@ -7,7 +7,10 @@ once per layer instead of once per exchange halves what Bronze and Silver cost a
 exchange's failure does not stop the others: they are processed, then the run fails naming it.
 
 Exit codes Airflow understands: 0 on success (including a run with nothing new), 1 when the run
-of any exchange failed loudly and should be retried or looked at, 2 on a bad argument or setting.
+of any exchange failed loudly and should be retried or looked at, 2 on a bad argument or setting,
+75 (``EX_TEMPFAIL``) when every failure was a lost race: another run of the same layer committed
+the same input first (:class:`~lakehouse.errors.ConcurrentWriterError`), so nothing is lost and a
+retry finds only what is left.
 Each error is one line on stderr; the details are in the job's JSON log. With ``--report PATH``
 the run writes its per-exchange outcome and phase timings there (:mod:`lakehouse.runreport`).
 """
@@ -15,9 +18,10 @@ the run writes its per-exchange outcome and phase timings there (:mod:`lakehouse
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_CONCURRENT = 75  # sysexits.h EX_TEMPFAIL: try again later
 
 # What a layer's result says about one exchange: (status, records, details for the report).
 Describe = Callable[[Any], "tuple[str, int, dict[str, Any]]"]
@@ -40,14 +45,17 @@ def _no_details(result: object) -> tuple[str, int, dict[str, Any]]:
 
 
 def run_job(layer: str, description: str, run: Callable[..., object], failures: tuple[type[BaseException], ...],
-            argv: Sequence[str] | None = None, per_exchange: bool = True, describe: Describe = _no_details) -> int:
+            argv: Sequence[str] | None = None, per_exchange: bool = True, describe: Describe = _no_details,
+            flags: Mapping[str, str] | None = None) -> int:
     """Run the ``layer`` job and return its exit code.
 
     ``per_exchange``: ``run(spark, settings, exchange)`` is called once per selected exchange in
     the same session, and ``describe(result)`` fills that exchange's report entry; otherwise
     ``run(spark, settings)`` is called once (and records per-exchange outcomes itself).
     ``failures`` are the run's documented errors: they exit 1 with their message; anything else
-    propagates with its traceback (a bug, not an operational failure).
+    propagates with its traceback (a bug, not an operational failure). ``flags``: the layer's
+    own switches (keyword argument name -> help), passed to ``run`` as keyword arguments, e.g.
+    ``accept_data_loss`` becomes ``--accept-data-loss``: one run's decision, never a setting.
     """
     from lakehouse.logs import configure_logging
     from lakehouse.settings import SettingsError, load_settings
@@ -58,7 +66,11 @@ def run_job(layer: str, description: str, run: Callable[..., object], failures: 
         parser.add_argument("--exchange", action="append", default=[],
                             help="process only this exchange (repeatable; default: every configured exchange)")
     parser.add_argument("--report", type=Path, help="write the run report (JSON) to this path")
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, action="store_true", help=help_text)
     args = parser.parse_args(argv)
+    if flags:
+        run = functools.partial(run, **{flag: getattr(args, flag) for flag in flags})
 
     def fail(message: str, code: int) -> int:
         print(f"{layer}: error: {message}", file=sys.stderr)
@@ -79,7 +91,7 @@ def run_job(layer: str, description: str, run: Callable[..., object], failures: 
     suffix = exchanges if len(exchanges) == 1 else []
     spark: SparkSession = session(settings, "-".join(["lakehouse", layer, *suffix]))
     report.session_ready_at = time.time()
-    errors: list[str] = []
+    errors: list[BaseException] = []
     try:
         if per_exchange:
             for exchange in exchanges:
@@ -88,7 +100,7 @@ def run_job(layer: str, description: str, run: Callable[..., object], failures: 
             try:
                 run(spark, settings)
             except failures as err:
-                errors.append(str(err))
+                errors.append(err)
     finally:
         report.finished_at = time.time()
         report.cpu_s = runreport.process_tree_cpu()
@@ -96,24 +108,47 @@ def run_job(layer: str, description: str, run: Callable[..., object], failures: 
             report.write(args.report)
         runreport.stop()
         spark.stop()
-    for message in errors:
-        fail(message, EXIT_FAILED)
-    return EXIT_FAILED if errors else 0
+    for error in errors:
+        fail(str(error), EXIT_FAILED)
+    return exit_code(errors)
+
+
+def exit_code(errors: Sequence[BaseException]) -> int:
+    """0 without errors; :data:`EXIT_CONCURRENT` when each one is a lost race; else :data:`EXIT_FAILED`."""
+    from lakehouse.errors import ConcurrentWriterError
+
+    if not errors:
+        return 0
+    concurrent = all(isinstance(_unwrap(e), ConcurrentWriterError) for e in errors)
+    return EXIT_CONCURRENT if concurrent else EXIT_FAILED
 
 
 def _run_exchange(spark: SparkSession, settings: Settings, exchange: str, run: Callable[..., object],
-                  failures: tuple[type[BaseException], ...], describe: Describe) -> list[str]:
-    """One exchange's part of a per-exchange run: its outcome goes into the report, its error is returned."""
+                  failures: tuple[type[BaseException], ...], describe: Describe) -> list[BaseException]:
+    """One exchange's part of a per-exchange run: its outcome goes into the report, its error is returned
+    (its message prefixed with the exchange, its type kept for the exit code)."""
     with runreport.exchange(exchange) as outcome:
         try:
             result = run(spark, settings, exchange)
         except failures as err:
             if outcome is not None:
                 outcome.status, outcome.error = "failed", str(err)
-            return [f"{exchange}: {err}"]
+            return [_ExchangeFailure(exchange, err)]
         if outcome is not None:
             outcome.status, outcome.records, outcome.details = describe(result)
     return []
 
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "run_job"]
+class _ExchangeFailure(Exception):
+    """One exchange's error, named: ``str()`` is ``"<exchange>: <message>"``."""
+
+    def __init__(self, exchange: str, error: BaseException) -> None:
+        super().__init__(f"{exchange}: {error}")
+        self.error = error
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    return error.error if isinstance(error, _ExchangeFailure) else error
+
+
+__all__ = ["EXIT_CONCURRENT", "EXIT_FAILED", "EXIT_USAGE", "exit_code", "run_job"]

@@ -21,6 +21,8 @@ AUDIT_TABLE = f"{NAMESPACE}.pipeline_audit"
 # Snapshot-summary keys written by Bronze in the same commit as its data.
 BRONZE_OFFSETS_PROPERTY = "lakehouse.kafka.offsets"
 BRONZE_RUN_PROPERTY = "lakehouse.bronze.run-id"
+# The id of the topic incarnation the offsets belong to (a recreated topic gets a new id).
+BRONZE_TOPIC_ID_PROPERTY = "lakehouse.kafka.topic-id"
 
 
 def topic(settings: Settings, exchange: str) -> str:
@@ -119,3 +121,8 @@ SILVER_DEAD_PROPERTY = "lakehouse.silver.dead-lettered"
 def run_report_dir(settings: Settings, layer: str) -> Path:
     """Where layer runs write their reports (lakehouse.runreport): one JSON file per run."""
     return settings.run_dir / "reports" / layer
+
+
+def topics_at_stop_file(settings: Settings) -> Path:
+    """Where the embedded broker's topic ids and end offsets are recorded when it stops."""
+    return settings.home / "broker" / "topics-at-stop.json"

@@ -31,6 +31,13 @@ class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
 
 
+# Settings that no longer exist, and what replaced them: named in the error instead of "unknown".
+REMOVED = {
+    "bronze_accept_data_loss": "accepting a data loss is a one-time act now: run 'lakehouse run bronze --exchange X "
+                               "--accept-data-loss', or trigger bronze_ingestion with {\"accept_data_loss\": true}",
+}
+
+
 def _doc(text: str, default: object) -> typing.Any:
     return field(default=default, metadata={"doc": text})
 
@@ -88,8 +95,6 @@ class Settings:
     # --- layer tuning ----------------------------------------------------------------------
     bronze_max_records_per_run: int = _doc("Admission cap: most Kafka records one Bronze run ingests.", 2_000_000)
     bronze_records_per_task: int = _doc("Offset-range size per Spark task when reading Kafka.", 250_000)
-    bronze_accept_data_loss: bool = _doc("Accept offsets lost to retention/recreation (recorded in the audit table).",
-                                         False)
     silver_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Silver (files per micro-batch).", 200)
     gold_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Gold (files per micro-batch).", 200)
     gold_watermark_minutes: int = _doc("Event-time window in which Gold dedupes cheaply in-batch.", 5)
@@ -174,6 +179,8 @@ class Settings:
     max_clock_skew_s: float = _doc(
         "Tolerance of the future-timestamp rule: a trade may be stamped up to this many seconds after the time its "
         "record reached Bronze (clock skew between the exchange or producer and this machine).", 5.0)
+    gold_crash_point: str = _doc("Fault injection for kill tests: SIGKILL the Gold job after_trades (Gold trades "
+                                 "committed, minute bars not); empty means off.", "")
     silver_fault_injection: str = _doc("Fault injection for kill-and-retry tests: fail each Silver batch after_silver "
                                        "(Silver written, DLQ not) or after_both (before the checkpoint commit); "
                                        "empty means off.", "")
@@ -286,6 +293,7 @@ BRONZE_CRASH_POINTS = ("", "before_write", "after_write", "after_commit")
 
 # Where a Silver batch fails on purpose when LAKEHOUSE_SILVER_FAULT_INJECTION is set (issue 5).
 SILVER_FAULT_POINTS = ("", "after_silver", "after_both")
+GOLD_CRASH_POINTS = ("", "after_trades")
 
 
 def _validate(s: Settings) -> None:
@@ -333,6 +341,8 @@ def _validate(s: Settings) -> None:
             raise bad(positive, "must be greater than zero")
     if s.silver_fault_injection not in SILVER_FAULT_POINTS:
         raise bad("silver_fault_injection", f"must be one of {', '.join(repr(p) for p in SILVER_FAULT_POINTS)}")
+    if s.gold_crash_point not in GOLD_CRASH_POINTS:
+        raise bad("gold_crash_point", f"must be empty or one of {', '.join(p for p in GOLD_CRASH_POINTS if p)}")
     # Bronze ingestion (issue 4)
     for positive in ("bronze_kafka_timeout_s", "bronze_branch_ttl_s"):
         if getattr(s, positive) <= 0:
@@ -372,6 +382,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise SettingsError(f"{ENV_PREFIX}CONFIG={config_file!r}: cannot read TOML file: {err}") from err
         for key, raw in data.items():
+            if key in REMOVED:
+                raise SettingsError(f"{path}: setting {key!r} was removed: {REMOVED[key]}")
             if key not in names:
                 raise SettingsError(f"{path}: unknown setting {key!r}")
             values[key] = _parse(key, raw, f"{path}:{key}")
@@ -380,6 +392,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
             continue
         name = key[len(ENV_PREFIX):].lower()
+        if name in REMOVED:
+            raise SettingsError(f"{key} was removed: {REMOVED[name]}")
         if name not in names:
             raise SettingsError(f"{key} is not a known setting (see 'lakehouse config')")
         values[name] = _parse(name, raw, key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -71,4 +72,38 @@ def status(settings: Settings) -> dict[str, Any]:
             "records": int(summary["total-records"]) if summary and "total-records" in summary else 0,
             "last_commit_ms": snap.timestamp_ms if snap else None,
         }
+    if out["tables"].get(names.AUDIT_TABLE, {}).get("exists"):
+        out["discarded"] = discarded(catalog.load_table(names.AUDIT_TABLE))
+    return out
+
+
+# Audit events after which records that were produced never reached Bronze.
+DISCARD_EVENTS = ("topic_incarnation_started", "data_loss_accepted")
+
+
+def discarded(audit: Any) -> list[dict[str, Any]]:
+    """What Bronze moved past without reading, oldest first: new topic incarnations (the embedded
+    broker restarted) with the records of the old topic that never reached Bronze, and accepted
+    data losses with their offset ranges. From the audit table, without Spark."""
+    from pyiceberg.expressions import In
+
+    rows = audit.scan(row_filter=In("event", DISCARD_EVENTS),
+                      selected_fields=("event_time", "source", "event", "detail")).to_arrow().to_pylist()
+    out = []
+    for row in sorted(rows, key=lambda r: r["event_time"]):
+        detail = json.loads(row["detail"] or "{}")
+        entry: dict[str, Any] = {"time": row["event_time"].isoformat(), "table": row["source"], "event": row["event"],
+                                 "topic": detail.get("topic")}
+        if row["event"] == "topic_incarnation_started":
+            entry["records"] = detail.get("unread_records")  # None: the broker was not stopped cleanly
+            entry["detail"] = (f"new topic {detail.get('topic_id')} (was {detail.get('previous_topic_id')}); "
+                               f"Bronze had read up to {detail.get('committed')}, the old topic ended at "
+                               f"{detail.get('ends_at_stop') or 'unknown (not recorded at stop)'}")
+        else:
+            lo, hi = detail.get("missing_from"), detail.get("missing_to")
+            entry["records"] = hi - lo if isinstance(lo, int) and isinstance(hi, int) else None
+            entry["detail"] = (f"{detail.get('kind')} partition {detail.get('partition')}: offsets "
+                               f"[{lo}, {'end of the old topic' if hi is None else hi}) accepted by run "
+                               f"{detail.get('run_id')}")
+        out.append(entry)
     return out

@@ -180,3 +180,40 @@ def test_command_operator_fails_the_task_on_a_non_zero_exit(airflow_home: Path) 
     task = LakehouseCommandOperator(task_id="bad", arguments=["run", "bronze", "--exchange", "nasdaq"])
     with pytest.raises(AirflowException, match="exited with code 2"):
         task.execute(context={})
+
+
+@pytest.mark.parametrize(("run_type", "param", "expected"), [
+    ("manual", True, ["--accept-data-loss"]),
+    ("manual", False, []),
+    ("scheduled", False, []),
+])
+def test_only_a_manual_bronze_run_passes_accept_data_loss(dagbag: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                          run_type: str, param: bool, expected: list[str]) -> None:
+    from types import SimpleNamespace
+
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    settings = load_settings()
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", spark_connection(settings))
+    monkeypatch.setattr(pending, "pending_work", lambda s, layer: {"binance": "new data"})
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(SparkSubmitHook, "submit",
+                        lambda hook, application="", **kw: captured.update(argv=hook._build_spark_submit_command(
+                            application)))
+    dag = dagbag.dags[names.BRONZE_DAG]
+    assert dag.params["accept_data_loss"] is False  # what every scheduled run gets
+    context = {"params": {"accept_data_loss": param}, "dag_run": SimpleNamespace(run_type=run_type)}
+    dag.task_dict["bronze"].execute(context=context)
+    args = _parse_submit(captured["argv"])["args"]
+    assert args[:-2] == expected and args[-2] == "--report"
+
+
+def test_a_scheduled_run_cannot_accept_a_data_loss(dagbag: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowException
+
+    monkeypatch.setattr(pending, "pending_work", lambda s, layer: {"binance": "new data"})
+    context = {"params": {"accept_data_loss": True}, "dag_run": SimpleNamespace(run_type="scheduled")}
+    with pytest.raises(AirflowException, match="manual run only"):
+        dagbag.dags[names.BRONZE_DAG].task_dict["bronze"].execute(context=context)

@@ -7,6 +7,8 @@ import pytest
 from lakehouse.bronze.planning import (
     OFFSETS_RESET,
     RETENTION_GAP,
+    TOPIC_RECREATED,
+    Incarnation,
     OffsetRange,
     OffsetsFormatError,
     Watermarks,
@@ -23,9 +25,9 @@ TOPIC = "crypto.trades.binance"
 
 
 def plan(committed: dict[int, int], marks: dict[int, tuple[int, int]], cap: int = 1_000_000, per_task: int = 1000,
-         accept: bool = False):  # type: ignore[no-untyped-def]
+         accept: bool = False, recreated: bool = False):  # type: ignore[no-untyped-def]
     return plan_run(TOPIC, committed, {p: Watermarks(*m) for p, m in marks.items()}, max_records=cap,
-                    records_per_task=per_task, accept_loss=accept)
+                    records_per_task=per_task, accept_loss=accept, recreated=recreated)
 
 
 # --- admission control ----------------------------------------------------------------------------
@@ -128,6 +130,25 @@ def test_recreated_topic_is_an_offsets_reset() -> None:
     [loss] = detect_losses(TOPIC, {0: 10}, {0: Watermarks(0, 3)})
     assert (loss.kind, loss.missing, loss.records) == (OFFSETS_RESET, (3, 10), 7)
     assert "partition 0" in loss.describe() and "recreated" in loss.describe()
+
+
+def test_recreated_topic_past_the_old_offsets_is_a_loss_only_its_id_reveals() -> None:
+    """Offsets alone cannot tell: the new topic already holds more records than Bronze had read."""
+    assert not plan({0: 10, 1: 4}, {0: (0, 25), 1: (0, 9)}).losses
+    p = plan({0: 10, 1: 4}, {0: (0, 25), 1: (0, 9)}, recreated=True)
+    assert [(loss.partition, loss.kind, loss.missing, loss.records) for loss in p.losses] == [
+        (0, TOPIC_RECREATED, (10, None), 0), (1, TOPIC_RECREATED, (4, None), 0)]
+    assert not p.ranges and "topic was recreated" in p.losses[0].describe()
+    accepted = plan({0: 10, 1: 4}, {0: (0, 25), 1: (0, 9)}, recreated=True, accept=True)
+    assert [(r.partition, r.start, r.end) for r in accepted.ranges] == [(0, 0, 25), (1, 0, 9)]
+
+
+def test_an_incarnation_counts_what_the_old_topic_held_beyond_the_committed_offsets() -> None:
+    inc = Incarnation(TOPIC, "old", "new", {0: 10, 1: 4}, {0: 12, 1: 4, 2: 3})
+    assert inc.unread == 5 and "5 records of the old topic never reached Bronze" in inc.describe()
+    unknown = Incarnation(TOPIC, "old", "new", {0: 10}, None)
+    assert unknown.unread is None and "an unknown number of records" in unknown.describe()
+    assert unknown.as_dict()["ends_at_stop"] is None
 
 
 def test_partition_that_disappeared_is_a_reset() -> None:

@@ -37,6 +37,7 @@ def test_ingestion_time_is_stamped_after_the_end_offsets_are_fixed(settings: Set
     monkeypatch.setattr(iceberg, "refresh", lambda *_: None)
     monkeypatch.setattr(iceberg, "committed_offsets", lambda *_: iceberg.Committed(None, {}, "empty"))
     monkeypatch.setattr(kafka, "watermarks", watermarks)
+    monkeypatch.setattr(kafka, "topic_id", lambda *_: "topic-id-1")
     run = bronze_run.BronzeRun(None, settings, EX)  # type: ignore[arg-type]
     assert run.ingestion_time is None  # nothing may be stamped before the ends are fixed
     plan = run.make_plan()
@@ -58,8 +59,10 @@ class FakeRun:
     clock: FakeClock  # set on a subclass per test
     steps: list[str]
 
-    def __init__(self, spark: Any, settings: Settings, exchange: str, run_id: str) -> None:
+    def __init__(self, spark: Any, settings: Settings, exchange: str, run_id: str,
+                 accept_data_loss: bool = False) -> None:
         self.settings, self.exchange, self.run_id = settings, exchange, run_id
+        self.incarnation = None
         self.table, self.topic = "t", "crypto.trades.kraken"
         self.marks = {0: Watermarks(0, 5)}
         self.committed = iceberg.Committed(None, {}, "empty")

@@ -102,3 +102,36 @@ def test_phases_recorded_inside_a_run_land_in_its_exchange(spark: FakeSpark, tmp
     assert written["exchanges"]["kraken"]["phases"]["commit"] == 1.5
     assert written["phases"]["commit"] == 1.5 and written["phases"]["work"] >= 0
     assert runreport.active() is None
+
+
+def test_a_lost_race_exits_75_and_any_other_failure_wins(spark: FakeSpark, capsys: pytest.CaptureFixture[str]) -> None:
+    from lakehouse.errors import ConcurrentWriterError
+
+    class Lost(RunFailed, ConcurrentWriterError):
+        pass
+
+    def loses(s: Any, settings: Any, exchange: str) -> None:
+        raise Lost(f"another run committed {exchange} first")
+
+    assert jobs.run_job("silver", "d", loses, (RunFailed,), []) == jobs.EXIT_CONCURRENT == 75
+    assert "silver: error: binance: another run committed binance first" in capsys.readouterr().err
+
+    def mixed(s: Any, settings: Any, exchange: str) -> None:
+        raise (Lost("lost") if exchange == "binance" else RunFailed("broken"))
+
+    assert jobs.run_job("silver", "d", mixed, (RunFailed,), []) == jobs.EXIT_FAILED
+
+
+def test_a_layer_flag_reaches_the_run_as_a_keyword_only_when_given(spark: FakeSpark) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def run(s: Any, settings: Any, exchange: str, accept_data_loss: bool = False) -> None:
+        seen.append((exchange, accept_data_loss))
+
+    flags = {"accept_data_loss": "help"}
+    assert jobs.run_job("bronze", "d", run, (RunFailed,), ["--exchange", "kraken", "--accept-data-loss"],
+                        flags=flags) == 0
+    assert jobs.run_job("bronze", "d", run, (RunFailed,), ["--exchange", "kraken"], flags=flags) == 0
+    assert seen == [("kraken", True), ("kraken", False)]
+    with pytest.raises(SystemExit):  # a flag the layer does not have is a usage error
+        jobs.run_job("silver", "d", run, (RunFailed,), ["--accept-data-loss"])

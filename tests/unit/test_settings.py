@@ -87,3 +87,13 @@ def test_secrets_are_masked() -> None:
     shown = s.as_dict()
     assert shown["catalog_password"] == "***"
     assert shown["s3_secret_key"] == "***"
+
+
+def test_the_removed_accept_data_loss_setting_says_what_replaced_it(tmp_path: Path) -> None:
+    """Left in an environment it accepted every later loss: now it stops everything, with the way out."""
+    with pytest.raises(SettingsError, match="LAKEHOUSE_BRONZE_ACCEPT_DATA_LOSS was removed: .*--accept-data-loss"):
+        load_settings({"LAKEHOUSE_BRONZE_ACCEPT_DATA_LOSS": "true"})
+    config = tmp_path / "lakehouse.toml"
+    config.write_text("bronze_accept_data_loss = true\n")
+    with pytest.raises(SettingsError, match="'bronze_accept_data_loss' was removed"):
+        load_settings({"LAKEHOUSE_CONFIG": str(config)})

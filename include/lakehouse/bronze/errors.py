@@ -3,6 +3,8 @@ one line naming the partition, range, table or service to look at."""
 
 from __future__ import annotations
 
+from lakehouse.errors import ConcurrentWriterError
+
 
 class BronzeError(RuntimeError):
     """A Bronze run failed loudly; nothing of it was committed."""
@@ -12,7 +14,7 @@ class DataLossError(BronzeError):
     """Offsets Bronze never read are gone (retention) or the topic went backwards (recreated)."""
 
 
-class ConcurrentRunError(BronzeError):
+class ConcurrentRunError(BronzeError, ConcurrentWriterError):
     """Another Bronze run committed offsets after this run planned; this run committed nothing."""
 
 

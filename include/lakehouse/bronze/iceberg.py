@@ -48,6 +48,8 @@ class Committed:
     offsets: dict[int, int]
     source: str
     found_in: int | None = None
+    # The topic incarnation the offsets belong to (None: written before ids were recorded, or unknown).
+    topic_id: str | None = None
 
 
 def load_table(settings: Settings, exchange: str) -> Table:
@@ -73,6 +75,12 @@ def offsets_on_main(table: Table, topic: str) -> tuple[int | None, dict[int, int
     return (head.snapshot_id if head else None), None, None
 
 
+def recorded_topic_id(table: Table, snapshot_id: int | None) -> str | None:
+    """The topic id a Bronze snapshot's offsets belong to (None: not recorded)."""
+    snap = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
+    return (snap.summary.get(names.BRONZE_TOPIC_ID_PROPERTY) or None) if snap and snap.summary else None
+
+
 def committed_offsets(spark: SparkSession, settings: Settings, exchange: str, topic: str) -> Committed:
     """The next offset per partition as of main's current snapshot.
 
@@ -84,7 +92,7 @@ def committed_offsets(spark: SparkSession, settings: Settings, exchange: str, to
     if head is None:
         return Committed(None, {}, "empty")
     if offsets is not None:
-        return Committed(head, offsets, "snapshot", found_in)
+        return Committed(head, offsets, "snapshot", found_in, recorded_topic_id(table, found_in))
     from pyspark.sql import functions as F
 
     qualified = names.qualified(settings, names.bronze_table(exchange))
@@ -160,6 +168,17 @@ def fast_forward(spark: SparkSession, settings: Settings, exchange: str, branch:
     """Move main to the branch head; Iceberg refuses unless main is an ancestor of the branch."""
     spark.sql(f"CALL {settings.catalog_name}.system.fast_forward("
               f"'{names.bronze_table(exchange)}', '{MAIN}', '{branch}')").collect()
+
+
+def audited(spark: SparkSession, settings: Settings, event: str, source: str, key: str, value: str) -> bool:
+    """Whether an audit row of ``event`` for ``source`` has ``value`` under ``key`` in its detail
+    (a run killed after writing its audit row must not write a second one)."""
+    from pyspark.sql import functions as F
+
+    rows = (spark.table(names.qualified(settings, names.AUDIT_TABLE))
+            .where((F.col("layer") == "bronze") & (F.col("source") == source) & (F.col("event") == event))
+            .where(F.get_json_object("detail", f"$.{key}") == value).limit(1).collect())
+    return bool(rows)
 
 
 def write_audit(spark: SparkSession, settings: Settings, event: str, source: str,

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from lakehouse import broker
 from lakehouse.bronze.errors import KafkaReadError, KafkaUnavailableError, TopicMissingError
 from lakehouse.bronze.planning import OffsetRange, Watermarks, fixed_end, tail_start
 
@@ -70,6 +71,14 @@ def partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
         reason = f" ({meta.error.str()})" if meta is not None and meta.error is not None else ""
         raise TopicMissingError(f"topic {topic} does not exist{reason}: run 'lakehouse up' or create it")
     return sorted(meta.partitions)
+
+
+def topic_id(bootstrap: str, topic: str, timeout_s: float) -> str | None:
+    """The topic's id: which incarnation of the topic the run reads (None where the broker has none)."""
+    try:
+        return broker.topic_ids(bootstrap, [topic], timeout_s).get(topic)
+    except KafkaException as err:
+        raise KafkaUnavailableError(f"cannot describe topic {topic}: {_kafka_error(err)}") from err
 
 
 def watermarks(bootstrap: str, group_id: str, topic: str, timeout_s: float) -> dict[int, Watermarks]:

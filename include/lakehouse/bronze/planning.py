@@ -14,6 +14,7 @@ from dataclasses import dataclass
 # Kinds of data loss a plan can detect.
 RETENTION_GAP = "retention_gap"
 OFFSETS_RESET = "offsets_reset"
+TOPIC_RECREATED = "topic_recreated"
 
 
 class OffsetsFormatError(ValueError):
@@ -78,23 +79,31 @@ class DataLoss:
     end: int
 
     @property
-    def missing(self) -> tuple[int, int]:
+    def missing(self) -> tuple[int, int | None]:
         """The offsets lost: ``[committed, low)`` for a gap; for a reset, the committed offsets
-        that no longer exist, ``[end, committed)`` (new records ``[low, end)`` are read on acceptance)."""
+        that no longer exist, ``[end, committed)`` (new records ``[low, end)`` are read on acceptance);
+        for a recreated topic, the old incarnation's offsets from ``committed`` on, to an end no
+        broker knows any more (None)."""
         if self.kind == RETENTION_GAP:
             return self.committed, self.low
+        if self.kind == TOPIC_RECREATED:
+            return self.committed, None
         return self.end, self.committed
 
     @property
     def records(self) -> int:
+        """Records known lost (a recreated topic's unread tail is unknown: 0)."""
         lo, hi = self.missing
-        return max(0, hi - lo)
+        return 0 if hi is None else max(0, hi - lo)
 
     def describe(self) -> str:
         lo, hi = self.missing
         if self.kind == RETENTION_GAP:
             return (f"{self.topic} partition {self.partition}: offsets [{lo}, {hi}) were deleted by retention "
                     f"before Bronze read them")
+        if self.kind == TOPIC_RECREATED:
+            return (f"{self.topic} partition {self.partition}: the topic was recreated, records of the old topic "
+                    f"from offset {lo} on were never read; the new topic holds offsets [{self.low}, {self.end})")
         return (f"{self.topic} partition {self.partition}: committed offset {self.committed} is beyond the end "
                 f"offset {self.end}, offsets [{lo}, {hi}) no longer exist (topic recreated or truncated)")
 
@@ -102,6 +111,42 @@ class DataLoss:
         lo, hi = self.missing
         return {"topic": self.topic, "partition": self.partition, "kind": self.kind, "committed": self.committed,
                 "low": self.low, "end": self.end, "missing_from": lo, "missing_to": hi}
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    """The embedded broker restarted: its topics are new (memory storage), their offsets start at 0.
+
+    Bronze's committed offsets belong to ``previous_id``; the run starts the topic ``current_id``
+    from offset 0. ``ends_at_stop`` are the old topic's end offsets recorded when the broker
+    stopped (None when it was not stopped cleanly), so the records that were produced and never
+    reached Bronze can be counted.
+    """
+
+    topic: str
+    previous_id: str
+    current_id: str
+    committed: Mapping[int, int]
+    ends_at_stop: Mapping[int, int] | None
+
+    @property
+    def unread(self) -> int | None:
+        """Records of the old topic Bronze never read (None: unknown, the end offsets were not recorded)."""
+        if self.ends_at_stop is None:
+            return None
+        return sum(max(0, end - self.committed.get(p, 0)) for p, end in self.ends_at_stop.items())
+
+    def describe(self) -> str:
+        unread = "an unknown number of" if self.unread is None else str(self.unread)
+        return (f"{self.topic} is a new topic (id {self.previous_id} -> {self.current_id}, the embedded broker "
+                f"restarted): reading it from offset 0; {unread} records of the old topic never reached Bronze")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"topic": self.topic, "previous_topic_id": self.previous_id, "topic_id": self.current_id,
+                "committed": {str(p): o for p, o in sorted(self.committed.items())},
+                "ends_at_stop": None if self.ends_at_stop is None else
+                {str(p): o for p, o in sorted(self.ends_at_stop.items())},
+                "unread_records": self.unread}
 
 
 @dataclass(frozen=True)
@@ -131,13 +176,18 @@ class Plan:
         return bool(self.ranges) or bool(self.losses)
 
 
-def detect_losses(topic: str, committed: Mapping[int, int], marks: Mapping[int, Watermarks]) -> list[DataLoss]:
-    """Partitions whose committed offset is outside ``[low, end]``.
+def detect_losses(topic: str, committed: Mapping[int, int], marks: Mapping[int, Watermarks],
+                  recreated: bool = False) -> list[DataLoss]:
+    """Partitions whose committed offset is outside ``[low, end]``, or all of them when the topic
+    was ``recreated`` (its id changed: the committed offsets belong to a topic that is gone).
 
     A partition Bronze never read counts as committed at 0 (Kafka's first offset), so records
     that expired before the first run are reported too. A committed partition missing from the
     topic (recreated with fewer partitions) is a reset to an empty partition.
     """
+    if recreated:
+        return [DataLoss(topic, p, TOPIC_RECREATED, committed.get(p, 0), marks.get(p, Watermarks(0, 0)).low,
+                         marks.get(p, Watermarks(0, 0)).end) for p in sorted(set(committed) | set(marks))]
     losses = []
     for partition in sorted(set(committed) | set(marks)):
         mark = marks.get(partition, Watermarks(0, 0))
@@ -209,14 +259,16 @@ def group_tasks(chunks: Sequence[OffsetRange], slots: int) -> list[tuple[OffsetR
 
 
 def plan_run(topic: str, committed: Mapping[int, int], marks: Mapping[int, Watermarks], *,
-             max_records: int, records_per_task: int, accept_loss: bool) -> Plan:
+             max_records: int, records_per_task: int, accept_loss: bool, recreated: bool = False) -> Plan:
     """Plan a run from the committed offsets to the end offsets fixed at planning.
 
     Losses are returned in the plan either way; the caller fails the run unless ``accept_loss``.
     With ``accept_loss`` a lost partition restarts at its low watermark (the first offset that
     still exists), which is where Kafka's ``auto.offset.reset=earliest`` would put a consumer.
+    ``recreated``: the topic's id is not the one the offsets were committed for (see
+    :func:`detect_losses`).
     """
-    losses = detect_losses(topic, committed, marks)
+    losses = detect_losses(topic, committed, marks, recreated)
     starts = {p: committed.get(p, 0) for p in marks}
     if accept_loss:
         for loss in losses:

@@ -4,8 +4,11 @@ Order of a run, and what a SIGKILL at each point leaves behind:
   1. drop branches of runs killed earlier; read committed offsets from main; fix the end offsets
      in Kafka (one short fetch, never a wait for the end, which keeps moving while producers
      write); stamp the ingestion time; plan ranges (admission cap) -> killed here: nothing written.
-  2. data loss (retention gap, recreated topic): audit row + metric, then fail, or move on
-     when ``bronze_accept_data_loss`` is set.
+  2. a new incarnation of the topic (its id changed): on the embedded broker, which keeps topics
+     in memory, a restart; the run reads the new topic from offset 0 and writes one audit row
+     counting the old topic's records that never reached Bronze. On Kafka a recreated topic is a
+     data loss. Data loss (retention gap, recreated topic): audit row + metric, then fail, unless
+     this run was started to accept it (``--accept-data-loss``: this run only, never a setting).
   3. create branch ``bronze_run_*`` from the planned-from snapshot; Spark tasks read the ranges
      with confluent-kafka and write them as Parquet data files (``tasks``); the driver appends
      the files to the branch in one snapshot whose summary holds the offsets -> killed here:
@@ -20,22 +23,28 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import os
-import signal
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from confluent_kafka import KafkaException
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
-from lakehouse import names, runreport
+from lakehouse import broker, faults, names, runreport
 from lakehouse.bronze import iceberg, kafka, tasks
 from lakehouse.bronze.errors import BronzeError, CommitError, ConcurrentRunError, DataLossError
-from lakehouse.bronze.planning import OFFSETS_RESET, Plan, Watermarks, encode_offsets, group_tasks, plan_run
+from lakehouse.bronze.planning import (
+    OFFSETS_RESET,
+    TOPIC_RECREATED,
+    Incarnation,
+    Plan,
+    Watermarks,
+    encode_offsets,
+    group_tasks,
+    plan_run,
+)
 from lakehouse.metrics import StatsD
 from lakehouse.settings import Settings
 
@@ -69,6 +78,7 @@ class RunResult:
     offsets_source: str = ""
     partitions: dict[int, dict[str, int]] = field(default_factory=dict)
     accepted_losses: list[dict[str, object]] = field(default_factory=list)
+    incarnation: dict[str, object] | None = None  # set when this run started a new topic incarnation
     tasks: int = 0
     attempts: int = 1
     duration_s: float = 0.0
@@ -78,25 +88,15 @@ class RunResult:
                 "bytes": self.bytes, "available": self.available, "ingestion_time": self.ingestion_time,
                 "snapshot_id": self.snapshot_id, "offsets_source": self.offsets_source,
                 "partitions": {str(p): v for p, v in self.partitions.items()},
-                "accepted_losses": self.accepted_losses, "tasks": self.tasks, "attempts": self.attempts,
+                "accepted_losses": self.accepted_losses, "incarnation": self.incarnation, "tasks": self.tasks,
+                "attempts": self.attempts,
                 "duration_s": round(self.duration_s, 3)}
 
 
 def crash_point(settings: Settings, point: str) -> None:
     """Fault injection (kill tests): SIGKILL the driver and its spark-submit JVM at ``point``."""
-    if settings.bronze_crash_point != point:
-        return
-    log.warning("fault injection: SIGKILL at %s", point, extra={"crash_point": point})
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    time.sleep(0.5)  # let spark-submit's output forwarder print the line before its JVM dies too
-    parent = psutil.Process().parent()
-    try:
-        if parent is not None and any("SparkSubmit" in part for part in parent.cmdline()):
-            os.kill(parent.pid, signal.SIGKILL)
-    except psutil.Error:  # the parent is already gone: killing this process is all that is left
-        pass
-    os.kill(os.getpid(), signal.SIGKILL)
+    if settings.bronze_crash_point == point:
+        faults.kill_job(point)
 
 
 def task_frame(spark: SparkSession, settings: Settings, exchange: str, plan: Plan, table: Table,
@@ -132,8 +132,10 @@ def _spark_reason(err: BaseException) -> str:
 class BronzeRun:
     """One attempt: plan -> (losses) -> write to a branch -> conditional fast-forward of main."""
 
-    def __init__(self, spark: SparkSession, settings: Settings, exchange: str, run_id: str | None = None) -> None:
+    def __init__(self, spark: SparkSession, settings: Settings, exchange: str, run_id: str | None = None,
+                 accept_data_loss: bool = False) -> None:
         self.spark = spark
+        self.accept_data_loss = accept_data_loss
         self.settings = settings
         self.exchange = exchange
         self.topic = names.topic(settings, exchange)
@@ -145,6 +147,8 @@ class BronzeRun:
         self.committed: iceberg.Committed | None = None
         self.plan: Plan | None = None
         self.marks: dict[int, Watermarks] = {}
+        self.topic_id: str | None = None
+        self.incarnation: Incarnation | None = None
         self.head: int | None = None
         self.branch_created = False
         self.records = 0
@@ -156,14 +160,24 @@ class BronzeRun:
         s = self.settings
         iceberg.refresh(self.spark, s, self.exchange)
         self.committed = iceberg.committed_offsets(self.spark, s, self.exchange, self.topic)
+        self.topic_id = kafka.topic_id(s.bootstrap_servers, self.topic, s.bronze_kafka_timeout_s)
         self.marks = kafka.watermarks(s.bootstrap_servers, names.bronze_reader_group(self.exchange), self.topic,
                                       s.bronze_kafka_timeout_s)
         # Every planned record was in Kafka before this moment, so none carries a timestamp (Kafka's,
         # the trade's) later than its ingestion time. Stamped earlier (at run start), records produced
         # while the run planned would, and Silver's future-timestamp rule would dead-letter them.
         self.ingestion_time = dt.datetime.now(dt.timezone.utc)
-        self.plan = plan_run(self.topic, self.committed.offsets, self.marks, max_records=s.bronze_max_records_per_run,
-                             records_per_task=s.bronze_records_per_task, accept_loss=s.bronze_accept_data_loss)
+        committed = self.committed.offsets
+        previous = self.committed.topic_id
+        recreated = previous is not None and self.topic_id is not None and previous != self.topic_id
+        if recreated and s.kafka_embedded:
+            # Memory storage: a new topic is the broker's restart, expected, never a silent skip.
+            self.incarnation = Incarnation(self.topic, str(previous), str(self.topic_id), committed,
+                                           broker.ends_at_stop(s, self.topic, str(previous)))
+            committed, recreated = {}, False
+        self.plan = plan_run(self.topic, committed, self.marks, max_records=s.bronze_max_records_per_run,
+                             records_per_task=s.bronze_records_per_task, accept_loss=self.accept_data_loss,
+                             recreated=recreated)
         return self.plan
 
     def write(self) -> int:
@@ -193,6 +207,8 @@ class BronzeRun:
         self.bytes = sum(row["bytes"] for row in results)
         props = {names.BRONZE_OFFSETS_PROPERTY: encode_offsets(self.topic, self.plan.next_offsets),
                  names.BRONZE_RUN_PROPERTY: self.run_id}
+        if self.topic_id is not None:
+            props[names.BRONZE_TOPIC_ID_PROPERTY] = self.topic_id
         try:
             iceberg.append_to_branch(table, self.branch, files, props)
         except (CommitFailedException, ValueError, OSError) as err:
@@ -255,7 +271,7 @@ def _handle_losses(run: BronzeRun, metrics: StatsD, audited: set[tuple[int, str]
     assert run.plan is not None
     s, plan = run.settings, run.plan
     fresh = [loss for loss in plan.losses if (loss.partition, loss.kind) not in audited]
-    accepted = s.bronze_accept_data_loss
+    accepted = run.accept_data_loss
     event = "data_loss_accepted" if accepted else "data_loss_detected"
     details = [{**loss.as_dict(), "run_id": run.run_id, "table": names.bronze_table(run.exchange),
                 "accepted": accepted} for loss in fresh]
@@ -277,15 +293,49 @@ def _handle_losses(run: BronzeRun, metrics: StatsD, audited: set[tuple[int, str]
         log.error("Bronze data loss (%s): %s", "accepted" if accepted else "run fails", loss.describe(),
                   extra={"loss": loss.as_dict(), "exchange": run.exchange, "run_id": run.run_id})
     if not accepted:
-        hint = "set LAKEHOUSE_BRONZE_ACCEPT_DATA_LOSS=true to accept and move on"
-        if any(loss.kind == OFFSETS_RESET for loss in plan.losses):
+        hint = (f"to accept this loss once, run 'lakehouse run bronze --exchange {run.exchange} --accept-data-loss' "
+                f"or trigger {names.BRONZE_DAG} with {{\"accept_data_loss\": true}}")
+        if any(loss.kind in (OFFSETS_RESET, TOPIC_RECREATED) for loss in plan.losses):
             hint += " (reads the recreated topic from its first offset)"
         raise DataLossError("; ".join(loss.describe() for loss in plan.losses) + f"; {hint}{audit_failure}")
     return details
 
 
-def run_bronze(spark: SparkSession, settings: Settings, exchange: str) -> RunResult:
-    """Ingest what the exchange's topic holds now (up to the admission cap), exactly once."""
+def _record_incarnation(run: BronzeRun, metrics: StatsD) -> dict[str, object]:
+    """One audit row (and a metric) for a new incarnation of the topic, before the run reads it.
+
+    A run killed after its audit row and before its commit finds the same incarnation again: the
+    row names the new topic id, and is written only once per id.
+    """
+    assert run.incarnation is not None
+    incarnation, source = run.incarnation, names.bronze_table(run.exchange)
+    detail = {**incarnation.as_dict(), "run_id": run.run_id, "table": source}
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        if not iceberg.audited(run.spark, run.settings, INCARNATION_EVENT, source, "topic_id", incarnation.current_id):
+            iceberg.write_audit(run.spark, run.settings, INCARNATION_EVENT, source, [detail])
+    except (PySparkException, Py4JJavaError) as err:  # the new topic is read only once this is on record
+        raise CommitError(f"could not record the new incarnation of {incarnation.topic} in {names.AUDIT_TABLE}, "
+                          f"nothing committed: {_spark_reason(err)}") from err
+    if incarnation.unread:
+        metrics.incr("bronze.records_discarded", incarnation.unread, tags={"exchange": run.exchange,
+                                                                           "reason": "broker_restart"})
+    log.warning("%s", incarnation.describe(), extra={"incarnation": detail, "exchange": run.exchange})
+    return detail
+
+
+# The audit event of a new topic incarnation (the embedded broker restarted).
+INCARNATION_EVENT = "topic_incarnation_started"
+
+
+def run_bronze(spark: SparkSession, settings: Settings, exchange: str, accept_data_loss: bool = False) -> RunResult:
+    """Ingest what the exchange's topic holds now (up to the admission cap), exactly once.
+
+    ``accept_data_loss`` accepts the data loss this run finds (recorded with its offset ranges in
+    the audit table) and nothing after it: the next run without it fails on a new loss again.
+    """
     if exchange not in settings.exchanges:
         raise BronzeError(f"unknown exchange {exchange!r}; configured: {', '.join(settings.exchanges)}")
     started = time.monotonic()
@@ -297,16 +347,18 @@ def run_bronze(spark: SparkSession, settings: Settings, exchange: str) -> RunRes
         with runreport.phase("planning", exchange):
             iceberg.drop_stale_branches(spark, settings, exchange)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            run = BronzeRun(spark, settings, exchange, run_id)
+            run = BronzeRun(spark, settings, exchange, run_id, accept_data_loss)
             try:
                 with runreport.phase("planning", exchange):
                     plan = run.make_plan()
+                    incarnation = _record_incarnation(run, metrics) if run.incarnation is not None else None
                     accepted = _handle_losses(run, metrics, audited) if plan.losses else []
                 assert run.committed is not None and run.ingestion_time is not None
                 result = RunResult(exchange, run_id, "noop", available=plan.available,
                                    ingestion_time=run.ingestion_time.isoformat(), offsets_source=run.committed.source,
-                                   accepted_losses=accepted, attempts=attempt)
-                if plan.changes_offsets:
+                                   accepted_losses=accepted, incarnation=incarnation, attempts=attempt)
+                # A new topic incarnation is committed even before it has records: its id is recorded.
+                if plan.changes_offsets or run.incarnation is not None:
                     crash_point(settings, "before_write")
                     with runreport.phase("work", exchange):
                         run.write()

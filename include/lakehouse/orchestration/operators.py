@@ -59,7 +59,8 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
             raise AirflowSkipException(f"{self.job}: nothing new upstream since the last run")
         self.log.info("%s: new upstream data for %s", self.job, ", ".join(f"{k} ({v})" for k, v in waiting.items()))
         report_path = report_file(settings, self.job, context)
-        spec = submit_spec(settings, self.job, [*self.job_args, "--report", str(report_path)], name=self.name)
+        job_args = [*self.job_args, *self._run_flags(context)]
+        spec = submit_spec(settings, self.job, [*job_args, "--report", str(report_path)], name=self.name)
         self.application = spec.application
         self.application_args = spec.application_args
         self.conf = dict(spec.conf)
@@ -67,7 +68,7 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
         submitted = time.time()
         self.env_vars = {**spec.env, **(self.env_vars or {}), runreport.SUBMITTED_AT_ENV: f"{submitted:.6f}"}
         self.log.info("spark-submit of job %s %s (settings master %s; connection %s decides)",
-                      self.job, " ".join(self.job_args), spec.master, self._conn_id)
+                      self.job, " ".join(job_args), spec.master, self._conn_id)
         self._hook = None  # built from this execution's arguments (the report path is new each time)
         try:
             super().execute(context)
@@ -82,6 +83,23 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
         self._log_outcome(report)
         self._annotate_assets(settings, report, context)
         return summary(report)
+
+    def _run_flags(self, context: Any) -> list[str]:
+        """This DAG run's one-time decisions: ``accept_data_loss`` of a manual Bronze run.
+
+        Only a manual run can accept a loss (the scheduled ones always take the param's default,
+        false), and it accepts what that run finds, nothing after it.
+        """
+        params = context.get("params") if hasattr(context, "get") else None
+        if self.job != "bronze" or not params or params.get("accept_data_loss") is not True:
+            return []
+        dag_run = context.get("dag_run")
+        run_type = str(getattr(getattr(dag_run, "run_type", None), "value", getattr(dag_run, "run_type", "")))
+        if run_type != "manual":
+            raise AirflowException(f"accept_data_loss is accepted from a manual run only, not a {run_type} run")
+        self.log.warning("this run accepts the data loss it finds (param accept_data_loss): recorded in %s",
+                         names.AUDIT_TABLE)
+        return ["--accept-data-loss"]
 
     def _log_outcome(self, report: dict[str, Any]) -> None:
         for name, outcome in report.get("exchanges", {}).items():

@@ -105,10 +105,14 @@ def kafka_behind(settings: Settings, exchange: str) -> str | None:
 
     topic = names.topic(settings, exchange)
     table = load_catalog(settings).load_table(names.bronze_table(exchange))
-    _, offsets, _ = iceberg.offsets_on_main(table, topic)
+    _, offsets, found_in = iceberg.offsets_on_main(table, topic)
     if offsets is None and table.current_snapshot() is not None:
         return "no offsets on the table's remaining snapshots"
     try:
+        recorded = iceberg.recorded_topic_id(table, found_in)
+        current = kafka.topic_id(settings.bootstrap_servers, topic, settings.bronze_kafka_timeout_s)
+        if recorded is not None and current is not None and recorded != current:
+            return f"new incarnation of topic {topic} (id {recorded} -> {current})"
         marks = kafka.watermarks(settings.bootstrap_servers, names.bronze_reader_group(exchange), topic,
                                  settings.bronze_kafka_timeout_s)
     except BronzeError as err:  # the run reports it loudly

@@ -17,7 +17,7 @@ from lakehouse.catalog import load_catalog
 from lakehouse.settings import Settings
 from lakehouse.spark import session
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 EX = "binance"
 N = 500

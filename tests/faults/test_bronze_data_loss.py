@@ -1,7 +1,8 @@
-"""Offsets Bronze can never read: a recreated topic (real: the in-memory broker restarted) and a
-retention gap (simulated: tansu's memory storage implements neither retention nor DeleteRecords,
-so the low watermark is raised in the watermark answer). Both fail the run with the partition and
-range, write an audit row and a metric; with LAKEHOUSE_BRONZE_ACCEPT_DATA_LOSS the run moves on."""
+"""Offsets Bronze can never read: a topic recreated on Kafka (real: the in-memory broker restarted,
+read with the settings of an external Kafka) and a retention gap (simulated: tansu's memory storage
+implements neither retention nor DeleteRecords, so the low watermark is raised in the watermark
+answer). Both fail the run with the partition and range, write an audit row and a metric; a run
+started with ``accept_data_loss`` (``--accept-data-loss``) accepts that loss, once."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from lakehouse.bronze.run import BronzeRun, run_bronze
 from lakehouse.settings import Settings
 from lakehouse.spark import session
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 EX = "binance"
 
@@ -70,42 +71,53 @@ def audit(spark: Any, settings: Settings) -> list[tuple[str, dict[str, Any]]]:
     return sorted(found, key=lambda row: (row[0], row[1]["partition"]))
 
 
-def test_recreated_topic_fails_loudly_then_accepting_moves_on(isolated: Settings, spark: Any,
-                                                              statsd: socket.socket) -> None:
+def restart_broker(settings: Settings) -> None:
+    """The embedded broker keeps topics in memory: a restart is a real recreated topic."""
+    broker.stop(settings)
+    broker.start(settings)
+    broker.ensure_topics(settings)
+
+
+def test_recreated_kafka_topic_fails_loudly_until_one_run_accepts_it(isolated: Settings, spark: Any,
+                                                                     statsd: socket.socket) -> None:
     s = session(isolated, "t")
+    external = dataclasses.replace(isolated, kafka_embedded=False)  # Kafka keeps topics: recreated is a loss
     produce(isolated, 10, "old")
-    assert run_bronze(s, isolated, EX).records == 20
+    assert run_bronze(s, external, EX).records == 20
     before = rows(s, isolated)
     received(statsd)
 
-    # The embedded broker keeps topics in memory: a restart is a real recreated topic.
-    broker.stop(isolated)
-    broker.start(isolated)
-    broker.ensure_topics(isolated)
-    produce(isolated, 3, "new")
+    restart_broker(isolated)
+    produce(isolated, 12, "new")  # the new topic is already past the old offsets: only its id tells
 
     with pytest.raises(DataLossError) as failure:
-        run_bronze(s, isolated, EX)
+        run_bronze(s, external, EX)
     message = str(failure.value)
     assert "\n" not in message
-    assert "partition 0" in message and "partition 1" in message and "[3, 10)" in message
+    assert "partition 0: the topic was recreated, records of the old topic from offset 10 on" in message
+    assert "--accept-data-loss" in message
     assert rows(s, isolated) == before  # nothing committed
     events = audit(s, isolated)
     assert [(e, d["partition"], d["kind"], d["missing_from"], d["missing_to"]) for e, d in events] == [
-        ("data_loss_detected", 0, "offsets_reset", 3, 10), ("data_loss_detected", 1, "offsets_reset", 3, 10)]
+        ("data_loss_detected", p, "topic_recreated", 10 if p < 2 else 0, None) for p in range(3)]
     metrics = received(statsd)
-    assert any(m.startswith("lakehouse.bronze.data_loss:7|c") and "partition:0" in m for m in metrics)
     assert any(m.startswith("lakehouse.bronze.runs:1|c") and "status:failed" in m for m in metrics)
+    with pytest.raises(DataLossError):  # still failing: a failed run accepts nothing
+        run_bronze(s, external, EX)
 
-    accepting = dataclasses.replace(isolated, bronze_accept_data_loss=True)
-    result = run_bronze(s, accepting, EX)
-    assert result.records == 6 and len(result.accepted_losses) == 2
+    result = run_bronze(s, external, EX, accept_data_loss=True)
+    assert result.records == 24 and len(result.accepted_losses) == 3
     new = [r for r in rows(s, isolated) if r[2].startswith("new")]
-    assert sorted((p, o) for p, o, _ in new) == [(p, o) for p in (0, 1) for o in range(3)]
-    assert [e for e, _ in audit(s, isolated)].count("data_loss_accepted") == 2
-    # The loss is accepted once: later runs are clean again, also without the setting.
+    assert sorted((p, o) for p, o, _ in new) == [(p, o) for p in (0, 1) for o in range(12)]
+    assert [e for e, _ in audit(s, isolated)].count("data_loss_accepted") == 3
+    # Later runs are clean again without the flag ...
     produce(isolated, 2, "later")
-    assert run_bronze(s, isolated, EX).records == 4
+    assert run_bronze(s, external, EX).records == 4
+    # ... and the acceptance is spent: the next recreation fails again.
+    restart_broker(isolated)
+    produce(isolated, 1, "again")
+    with pytest.raises(DataLossError, match="topic was recreated"):
+        run_bronze(s, external, EX)
 
 
 def test_retention_gap_fails_loudly_then_accepting_moves_on(isolated: Settings, spark: Any,
@@ -131,7 +143,7 @@ def test_retention_gap_fails_loudly_then_accepting_moves_on(isolated: Settings, 
         ("retention_gap", 5, 15)
     assert any(m.startswith("lakehouse.bronze.data_loss:10|c") for m in received(statsd))
 
-    result = run_bronze(s, dataclasses.replace(isolated, bronze_accept_data_loss=True), EX)
+    result = run_bronze(s, isolated, EX, accept_data_loss=True)
     # Partition 0 restarts at the low watermark; partition 1 loses nothing.
     assert result.records == 10 + 20
     offsets = {(p, o) for p, o, _ in rows(s, isolated)}
@@ -152,9 +164,7 @@ def test_records_vanishing_between_plan_and_read_fail_the_write(isolated: Settin
     produce(isolated, 10, "a")
     run = BronzeRun(s, isolated, EX)
     assert run.make_plan().records == 20
-    broker.stop(isolated)
-    broker.start(isolated)
-    broker.ensure_topics(isolated)
+    restart_broker(isolated)
     with pytest.raises(CommitError, match=r"writing .* failed, nothing committed: .*partition \d ends at 0, "
                                           r"before the planned end 10"):
         run.write()
