@@ -8,6 +8,12 @@
 Errors are split so callers can act on them: :class:`UnknownSchemaError` is a property of the
 record (Silver dead-letters it); :class:`RegistryUnavailableError` is an outage (the run fails
 and is retried, nothing is dead-lettered).
+
+Over HTTP only Confluent's own "not found" answers (HTTP 404 with a JSON ``error_code`` such as
+40403 "Schema not found") mean an unknown schema. Any other answer that is not the registry's
+JSON (a 404 page of a wrong base path or a proxy, 401/403, a server error, a body that is not
+JSON) is a :class:`RegistryUnavailableError`: counting such a 404 as unknown would dead-letter
+every record of a misconfigured run.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ class RegistryError(RuntimeError):
 
 
 class RegistryUnavailableError(RegistryError):
-    """The registry cannot be reached or answered with a server error: retry later."""
+    """The registry cannot be reached or did not answer as a schema registry (server error, wrong
+    URL or base path, refused credentials, a body that is not its JSON): fail the run, retry later."""
 
 
 class UnknownSchemaError(RegistryError):
@@ -129,6 +136,37 @@ class LocalSchemaRegistry:
             con.close()
 
 
+# Confluent Schema Registry's error codes (JSON ``error_code`` of a 404) that mean "no such schema".
+SUBJECT_NOT_FOUND = 40401
+VERSION_NOT_FOUND = 40402
+SCHEMA_NOT_FOUND = 40403
+_SNIPPET_CHARS = 200
+
+
+def _one_line(text: str, limit: int = _SNIPPET_CHARS) -> str:
+    """``text`` with its whitespace runs (newlines too) collapsed, cut to ``limit`` characters."""
+    return " ".join(text.split())[:limit]
+
+
+def _json_body(resp: requests.Response) -> Any:
+    """The response body as JSON, or None when it is not JSON (an HTML or plain-text page)."""
+    try:
+        return resp.json()
+    except ValueError:  # requests' JSONDecodeError
+        return None
+
+
+def _hint(status: int, code: object) -> str:
+    """What an error status without a usable error code most likely means, for the message."""
+    if code is not None:
+        return f" error_code {code}"
+    if status == 404:
+        return " without a schema registry error code (wrong URL or base path?)"
+    if status in (401, 403):
+        return " (credentials missing or refused)"
+    return ""
+
+
 class HttpSchemaRegistry:
     """Client of Confluent Schema Registry's REST API."""
 
@@ -140,38 +178,74 @@ class HttpSchemaRegistry:
         self._session = requests.Session()
         self._cache: dict[int, Schema] = {}
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+              not_found: frozenset[int] = frozenset()) -> Any:
+        """The JSON answer to ``method path``.
+
+        Raises :class:`UnknownSchemaError` only for a 404 whose JSON ``error_code`` is in
+        ``not_found``; :class:`RegistryError` when the registry refuses a write (409, 422 with its
+        error code); :class:`RegistryUnavailableError` for anything else that is not a JSON success.
+        """
+        url = self.url + path
         try:
-            resp = self._session.request(method, self.url + path, json=body, timeout=self.timeout_s,
+            resp = self._session.request(method, url, json=body, timeout=self.timeout_s,
                                          headers={"Content-Type": self._CONTENT_TYPE})
         except requests.RequestException as err:
-            raise RegistryUnavailableError(f"schema registry {self.url} unreachable: {err}") from err
-        if resp.status_code == 404:
-            raise UnknownSchemaError(f"{method} {path}: {resp.text.strip()[:200]}")
-        if resp.status_code >= 500:
-            raise RegistryUnavailableError(f"schema registry {self.url} answered {resp.status_code} to {path}")
-        if resp.status_code >= 400:
-            raise RegistryError(f"schema registry rejected {method} {path}: {resp.status_code} {resp.text[:200]}")
-        return resp.json()
+            raise RegistryUnavailableError(
+                f"schema registry {method} {url} unreachable: {_one_line(str(err))}") from err
+        status = resp.status_code
+        answer = _json_body(resp)
+        code = answer.get("error_code") if isinstance(answer, dict) else None
+        detail = _one_line(str(answer.get("message", "")) if isinstance(answer, dict) else resp.text)
+        if status == 404 and code in not_found:
+            raise UnknownSchemaError(f"schema registry {method} {url} answered HTTP 404 error_code {code}: {detail}")
+        if status in (409, 422) and code is not None:
+            raise RegistryError(f"schema registry rejected {method} {url}: HTTP {status} error_code {code}: {detail}")
+        if status >= 400:
+            raise RegistryUnavailableError(f"schema registry {method} {url} answered HTTP {status}"
+                                           f"{_hint(status, code)}{': ' + detail if detail else ''}")
+        if answer is None:
+            raise RegistryUnavailableError(f"schema registry {method} {url} answered HTTP {status} with a body "
+                                           f"that is not JSON (wrong URL or base path?): {detail}")
+        return answer
+
+    def _field(self, answer: Any, key: str, kind: type, method: str, path: str) -> Any:
+        """``answer[key]`` if it is a ``kind``; an answer without it is not the registry's (wrong base path?)."""
+        value = answer.get(key) if isinstance(answer, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise RegistryUnavailableError(f"schema registry {method} {self.url + path} answered HTTP 200 without "
+                                           f"a {kind.__name__} {key!r} (wrong URL or base path?): "
+                                           f"{_one_line(str(answer))}")
+        return value
 
     def register(self, subject: str, schema: Schema) -> int:
-        return int(self._call("POST", f"/subjects/{subject}/versions", {"schema": canonical(schema)})["id"])
+        path = f"/subjects/{subject}/versions"
+        return int(self._field(self._call("POST", path, {"schema": canonical(schema)}), "id", int, "POST", path))
 
     def get_schema(self, schema_id: int) -> Schema:
         cached = self._cache.get(schema_id)
         if cached is None:
-            cached = json.loads(self._call("GET", f"/schemas/ids/{schema_id}")["schema"])
+            path = f"/schemas/ids/{schema_id}"
+            answer = self._call("GET", path, not_found=frozenset({SCHEMA_NOT_FOUND}))
+            # Schema text that is not JSON (a Protobuf schema, say) raises ValueError: the record's problem.
+            cached = json.loads(self._field(answer, "schema", str, "GET", path))
             self._cache[schema_id] = cached
         return cached
 
     def latest(self, subject: str) -> tuple[int, Schema]:
-        body = self._call("GET", f"/subjects/{subject}/versions/latest")
-        schema = json.loads(body["schema"])
-        self._cache[int(body["id"])] = schema
-        return int(body["id"]), schema
+        path = f"/subjects/{subject}/versions/latest"
+        answer = self._call("GET", path, not_found=frozenset({SUBJECT_NOT_FOUND, VERSION_NOT_FOUND}))
+        schema_id = int(self._field(answer, "id", int, "GET", path))
+        schema = json.loads(self._field(answer, "schema", str, "GET", path))
+        self._cache[schema_id] = schema
+        return schema_id, schema
 
     def subjects(self) -> list[str]:
-        return sorted(self._call("GET", "/subjects"))
+        answer = self._call("GET", "/subjects")
+        if not isinstance(answer, list):
+            raise RegistryUnavailableError(f"schema registry GET {self.url}/subjects answered HTTP 200 without "
+                                           f"a list of subjects (wrong URL or base path?): {_one_line(str(answer))}")
+        return sorted(str(s) for s in answer)
 
 
 def registry_from_settings(settings: Settings) -> SchemaRegistry:

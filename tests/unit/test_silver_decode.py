@@ -133,14 +133,37 @@ def test_enum_index_out_of_range_is_a_corrupt_body() -> None:
     assert "IndexError" in row["decode_error_reason"]
 
 
-def test_a_price_that_does_not_fit_decimal_18_8_is_a_corrupt_body_not_a_failed_batch() -> None:
+def test_a_price_that_does_not_fit_decimal_18_8_is_a_decimal_overflow_not_a_failed_batch() -> None:
     wide = copy.deepcopy(SCHEMA)
     next(f for f in wide["fields"] if f["name"] == "price")["type"]["precision"] = 38
     value = framed(2, body(trade(1, NOW_US, price=Decimal("12345678901234567890.5")), wide))
     rows = decode([value, GOOD], FakeRegistry({1: SCHEMA, 2: wide}))
-    assert rows[0]["decode_error_type"] == "corrupt_body"
-    assert "price does not fit decimal(18,8)" in rows[0]["decode_error_reason"]
+    assert rows[0]["decode_error_type"] == "decimal_overflow"
+    assert rows[0]["decode_error_reason"] == ("price does not fit decimal(18,8): 12345678901234567890.50000000 has "
+                                              "more than 10 integer digits")
+    assert rows[0]["price"] is None and rows[0]["message_id"] is None  # nothing half-decoded, nothing truncated
     assert rows[1]["decode_error_type"] is None  # the rest of the batch is unaffected
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("quantity", Decimal("10000000000")),            # 11 integer digits: one too many
+    ("quantity", Decimal("-99999999999.5")),
+    ("price", Decimal("12345678901")),
+])
+def test_a_decimal_with_more_than_10_integer_digits_written_as_decimal_18_8_is_a_decimal_overflow(
+        field: str, value: Decimal) -> None:
+    """The schema declares precision 18, but fastavro's writer counts only the digits the value
+    carries, not its digits at scale 8: such a body is written and decodes, and storing its value
+    would need 11 integer digits where the column has 10."""
+    rows = decode([avro.encode(1, PARSED, trade(1, NOW_US, **{field: value})), GOOD])
+    assert rows[0]["decode_error_type"] == "decimal_overflow"
+    assert rows[0]["decode_error_reason"].startswith(f"{field} does not fit decimal(18,8): ")
+    assert [r["decode_error_type"] for r in rows[1:]] == [None]
+
+
+def test_the_largest_decimal_18_8_is_no_overflow() -> None:
+    (row,) = decode([avro.encode(1, PARSED, trade(1, NOW_US, quantity=Decimal("-9999999999.99999999")))])
+    assert row["decode_error_type"] is None and row["quantity"] == Decimal("-9999999999.99999999")
 
 
 def test_a_writer_decimal_scale_is_rescaled_to_the_reader_scale() -> None:

@@ -13,6 +13,7 @@ from lakehouse.settings import load_settings
 from lakehouse.silver.decode import V2_ARROW_FIELDS
 from lakehouse.silver.rules import (
     CATEGORIES,
+    EXCHANGE_MATCHES,
     MAX_AGE_US,
     REFERENCE_TIME_US,
     RULES,
@@ -20,6 +21,7 @@ from lakehouse.silver.rules import (
     build,
     col,
     evaluate,
+    for_exchange,
     for_settings,
     timestamp_not_future,
 )
@@ -65,6 +67,12 @@ def test_a_valid_trade_breaks_no_rule() -> None:
     ({"message_id": None}, "message_id_present", "missing_message_id", "got NULL"),
     ({"asset_class": "equity"}, "asset_class_crypto", "invalid_asset_class", "got equity"),
     ({"asset_class": None}, "asset_class_crypto", "invalid_asset_class", "got NULL"),
+    ({"exchange": ""}, "exchange_present", "empty_exchange", "got ''"),
+    ({"exchange": " \t"}, "exchange_present", "empty_exchange", "got  \t"),
+    ({"trade_id": ""}, "trade_id_present", "empty_trade_id", "got ''"),
+    ({"trade_id": "   "}, "trade_id_present", "empty_trade_id", "got    "),
+    ({"currency": ""}, "currency_present", "empty_currency", "got ''"),
+    ({"currency": " "}, "currency_present", "empty_currency", "got  "),
 ])
 def test_each_rule_sets_its_category_and_names_itself_in_the_reason(
         overrides: dict[str, Any], rule: str, category: str, shown: str) -> None:
@@ -91,7 +99,35 @@ def test_first_broken_rule_sets_the_type_and_the_reason_lists_every_broken_rule(
 def test_rules_are_data_with_unique_names() -> None:
     assert len({r.name for r in RULES}) == len(RULES)
     assert set(CATEGORIES) == {"invalid_price", "invalid_quantity", "missing_symbol", "invalid_side",
-                               "invalid_timestamp", "missing_message_id", "invalid_asset_class"}
+                               "invalid_timestamp", "missing_message_id", "invalid_asset_class", "empty_exchange",
+                               "empty_trade_id", "empty_currency", "exchange_mismatch"}
+
+
+MISMATCH_REASON = "exchange must be 'BINANCE', the exchange of the topic the record was read from"
+
+
+def test_a_record_of_another_exchange_is_an_exchange_mismatch() -> None:
+    binance = for_exchange(RULES, "binance")
+    lower_case = {**trade(3, REF_US - 1), "exchange": "binance"}
+    rows = check(trade(1, REF_US - 1), trade(2, REF_US - 1, exchange="kraken"), lower_case,
+                 trade(4, REF_US - 1, exchange=""), rules=binance)
+    assert [r["rule_error_type"] for r in rows] == [None, "exchange_mismatch", "exchange_mismatch", "empty_exchange"]
+    assert rows[1]["rule_error_reason"] == f"exchange_matches_topic: {MISMATCH_REASON} (got KRAKEN)"
+    assert rows[2]["rule_error_reason"].endswith("(got binance)")  # the producers write upper case
+    assert rows[3]["rule_error_reason"].startswith("exchange_present: ")  # and the mismatch is listed after it
+    assert f"exchange_matches_topic: {MISMATCH_REASON} (got '')" in rows[3]["rule_error_reason"]
+
+
+def test_the_exchange_rule_comes_with_the_exchange_and_is_replaced_not_doubled() -> None:
+    settings = load_settings({})
+    assert EXCHANGE_MATCHES not in {r.name for r in for_settings(settings)}
+    kraken = for_settings(settings, "kraken")
+    assert [r.name for r in kraken].count(EXCHANGE_MATCHES) == 1
+    assert [r.name for r in for_exchange(kraken, "binance")].count(EXCHANGE_MATCHES) == 1
+    rows = check(trade(1, REF_US - 1, exchange="kraken"), trade(2, REF_US - 1), rules=for_exchange(kraken, "binance"))
+    assert [r["rule_error_type"] for r in rows] == ["exchange_mismatch", None]
+    rows = check(trade(1, REF_US - 1, exchange="kraken"), trade(2, REF_US - 1), rules=kraken)
+    assert [r["rule_error_type"] for r in rows] == [None, "exchange_mismatch"]
 
 
 def test_skipped_rows_and_valid_rows_get_no_error_in_a_mixed_batch() -> None:

@@ -4,9 +4,11 @@ Each value is checked for the magic byte, its schema id is resolved to the write
 the schema registry (cached per process, so once per executor), and its body is read by fastavro
 against the current reader schema (``trade_v2.avsc``), so a record written with a newer compatible
 schema (say, one more optional field) still decodes. A value that cannot be decoded becomes a row
-with ``decode_error_type``/``decode_error_reason`` set (its dead-letter category and why); a
-registry that cannot be reached raises :class:`~lakehouse.registry.RegistryUnavailableError`,
-which fails the run instead of dead-lettering good records.
+with ``decode_error_type``/``decode_error_reason`` set (its dead-letter category and why), a
+decimal too large for its column included (``decimal_overflow``); a registry that cannot be
+reached or used (a wrong URL answers 404 pages, not Confluent's "schema not found") raises
+:class:`~lakehouse.registry.RegistryUnavailableError`, which fails the run instead of
+dead-lettering good records.
 
 Speed (per value this costs about what plain fastavro decoding of the same value costs): values
 of a known schema id take a fast path and only failures go through the careful per-value path
@@ -25,6 +27,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +61,13 @@ class IncompatibleSchemaError(avro.DecodeError):
     """The writer schema cannot be read with the current reader schema (not a compatible evolution)."""
 
     error_type = "incompatible_schema"
+
+
+class DecimalOverflowError(avro.DecodeError):
+    """A decimal with more integer digits than its column holds (10 in decimal(18,8)): stored, it
+    would be nulled or truncated, so the row is dead-lettered in a category of its own."""
+
+    error_type = "decimal_overflow"
 
 
 def _arrow_type(t: IcebergType) -> pa.DataType:
@@ -223,7 +233,9 @@ def _unscaled(raw: Any, writer_scale: int, dtype: DecimalType, name: str) -> int
         if rest:
             raise avro.CorruptBodyError(f"{name} has more than {dtype.scale} decimal places")
     if abs(unscaled) >= 10**dtype.precision:
-        raise avro.CorruptBodyError(f"{name} does not fit decimal({dtype.precision},{dtype.scale})")
+        raise DecimalOverflowError(f"{name} does not fit decimal({dtype.precision},{dtype.scale}): "
+                                   f"{Decimal(unscaled).scaleb(-dtype.scale)} has more than "
+                                   f"{dtype.precision - dtype.scale} integer digits")
     return unscaled
 
 
@@ -254,7 +266,7 @@ def _big_endian_int64(raws: pa.BinaryArray) -> np.ndarray | None:
 
 
 def _unscaled_column(name: str, dtype: DecimalType, raws: list[Any], schema_ids: list[int | None],
-                     decoder: Decoder, bad: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
+                     decoder: Decoder, bad: dict[int, avro.DecodeError]) -> tuple[np.ndarray, np.ndarray]:
     """(unscaled int64 values, validity) of one decimal column; rows that cannot be represented go to ``bad``.
 
     Fast path: every writer schema of the batch uses the column's scale and every value is
@@ -277,8 +289,8 @@ def _unscaled_column(name: str, dtype: DecimalType, raws: list[Any], schema_ids:
         sid = schema_ids[i]
         try:
             values[i] = _unscaled(raw, scales.get(sid, scale) if sid is not None else scale, dtype, name) or 0
-        except avro.CorruptBodyError as err:
-            bad[i] = str(err)
+        except avro.DecodeError as err:
+            bad[i] = err
     return values, np.fromiter((raw is not None for raw in raws), dtype=bool, count=len(raws))
 
 
@@ -352,11 +364,11 @@ def _decode_batch(batch: pa.RecordBatch, decoder: Decoder, value_column: str, ke
                 sid = avro.HEADER.unpack_from(value)[1]
                 schema_ids[i] = sid if sid <= _INT32_MAX else None
 
-    bad: dict[int, str] = {}
+    bad: dict[int, avro.DecodeError] = {}
     unscaled = {name: _unscaled_column(name, dtype, list(map(itemgetter(name), records)), schema_ids, decoder, bad)
                 for name, dtype in _DECIMALS.items()}
-    for i, reason in bad.items():  # a decimal that does not fit the column: the whole row is dead-lettered
-        records[i], error_types[i], error_reasons[i] = _EMPTY, avro.CorruptBodyError.error_type, reason
+    for i, err in bad.items():  # a decimal that does not fit the column: the whole row is dead-lettered
+        records[i], error_types[i], error_reasons[i] = _EMPTY, err.error_type, str(err)
         for _, valid in unscaled.values():
             valid[i] = False
     # One C++ pass over the dicts for every other column (3x cheaper than a list per column).
@@ -388,5 +400,5 @@ def decoder_for(settings: Settings) -> Decoder:
     return decoder
 
 
-__all__ = ["DECODED_ARROW_FIELDS", "Decoder", "IncompatibleSchemaError", "decode_batch",
+__all__ = ["DECODED_ARROW_FIELDS", "DecimalOverflowError", "Decoder", "IncompatibleSchemaError", "decode_batch",
            "decoded_spark_fields", "decoder_for"]

@@ -1,19 +1,26 @@
 """Replays after a rule or schema fix: rebuild Silver + DLQ for a Bronze range, re-validate the DLQ.
 
-Both are MERGEs keyed on the Bronze lineage (topic, partition, offset), so running one twice,
-or again after it died between its two table commits, converges to the same state without
-duplicates. Iceberg commits one table at a time; the pair is made safe by idempotence and by
-ordering the two commits so that a crash between them never leaves a row in neither table, not
-by a cross-table transaction. Inputs are read at the snapshot current when the replay starts.
+Both are MERGEs keyed on the Bronze lineage (topic, partition, offset) plus the record's identity
+(see below), so running one twice, or again after it died between its two table commits,
+converges to the same state without duplicates. Iceberg commits one table at a time; the pair is
+made safe by idempotence and by ordering the two commits so that a crash between them never
+leaves a row in neither table, not by a cross-table transaction.
+Inputs are read at the snapshot current when the replay starts.
 
 * :func:`replay_silver` re-decodes and re-validates the Bronze rows of a time range that the
-  Silver stream has already processed (rows still ahead of the stream are left to it, so the
-  stream never appends a row a replay inserted). First the DLQ: rows that now fail are upserted
-  (un-marked if they had been replayed), rows that now pass are marked replayed; then Silver:
-  rows that now pass are upserted, rows that now fail are deleted.
+  Silver stream has already processed: Silver holds the row's trade at its lineage, or the DLQ
+  its raw bytes (rows still ahead of the stream are left to it, so the stream never appends a row
+  a replay inserted). First the DLQ: rows that now fail are upserted (un-marked if they had been
+  replayed), rows that now pass are marked replayed; then Silver: rows that now pass are
+  upserted, rows that now fail are deleted. A Silver row is matched on lineage + message_id, a
+  dead-letter row on lineage + raw bytes (its message_id is NULL when it did not decode).
 * :func:`replay_dlq` re-decodes and re-validates not-yet-replayed dead-letter rows from their raw
-  bytes, inserts those that now pass into Silver (unless their lineage is already there), then
-  marks them replayed. Rows that still fail are left as they are.
+  bytes, inserts those that now pass into Silver (unless Silver holds the same trade at the same
+  lineage), then marks replayed the rows whose trade Silver's committed snapshot holds. Lineage
+  alone identifies neither a Silver row nor a dead-letter row: after a topic reset (a broker
+  restarted on empty storage) the offsets start again, so another record can hold the same
+  lineage in Silver and in the DLQ. Rows that still fail, and rows that pass but did not reach
+  Silver, are left as they are.
 
 Do not run a replay while the same exchange's Silver job runs (pause its DAG): both write Silver.
 """
@@ -36,6 +43,7 @@ from lakehouse.silver.transform import (
     ERROR_REASON,
     ERROR_TYPE,
     LINEAGE,
+    VALUE,
     dlq_rows,
     from_bronze,
     from_dlq,
@@ -50,6 +58,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TIME_COLUMNS = {"ingestion": "ingestion_timestamp", "kafka": "timestamp"}
+# A trade in Silver: its lineage with its message_id (lineage repeats after a topic reset).
+SILVER_KEY = (*LINEAGE, "message_id")
+# A dead-letter row: its lineage with the record's raw bytes (message_id is NULL if it did not decode).
+DLQ_KEY = (*LINEAGE, "raw_bytes")
 
 
 class ReplayError(ValueError):
@@ -82,8 +94,26 @@ def _view(df: DataFrame) -> Iterator[str]:
         df.sparkSession.catalog.dropTempView(name)
 
 
-def _on_lineage(target: str = "t", source: str = "s") -> str:
-    return " AND ".join(f"{target}.{c} = {source}.{c}" for c in LINEAGE)
+def _on_lineage(target: str = "t", source: str = "s", columns: tuple[str, ...] = LINEAGE) -> str:
+    return " AND ".join(f"{target}.{c} = {source}.{c}" for c in columns)
+
+
+def _same_bytes(source_column: str = "raw_bytes") -> str:
+    """Dead-letter row ``t``'s raw bytes against ``s``'s, NULL-safely: a NULL Kafka value (a
+    tombstone) is dead-lettered with NULL bytes, and must match itself for the MERGE to be idempotent."""
+    return f"t.raw_bytes <=> s.{source_column}"
+
+
+def _one_per(rows: DataFrame, key: tuple[str, ...]) -> DataFrame:
+    """One row per ``key``, a passing row (``error_type`` NULL) first: a MERGE fails when several
+    source rows match one target row, and identical records at one lineage (a topic reset that
+    replayed the same trades) can give several. Preferring the passing row keeps such a trade in
+    Silver rather than deleting it for its failing copy."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    first = Window.partitionBy(*key).orderBy(F.col(ERROR_TYPE).asc_nulls_first())
+    return rows.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1).drop("_rank")
 
 
 def _counts(validated: DataFrame) -> tuple[int, dict[str, int]]:
@@ -106,14 +136,24 @@ def pinned(spark: SparkSession, settings: Settings, table: str) -> DataFrame:
     return reader.table(names.qualified(settings, table))
 
 
-def _processed_lineage(spark: SparkSession, settings: Settings, exchange: str) -> DataFrame:
-    """Lineage of every Bronze row the Silver stream has already written to Silver or the DLQ."""
+def _processed(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame) -> DataFrame:
+    """The rows of ``validated`` the Silver stream has already written: Silver holds their trade at
+    their lineage, or the DLQ their raw bytes at it.
+
+    Lineage alone is not enough: after a topic reset it also matches the other incarnation's row,
+    so a row still ahead of the stream would be written by the replay and then again by the stream.
+    """
     from pyspark.sql import functions as F
 
-    silver = pinned(spark, settings, names.silver_table(exchange)).select(*LINEAGE)
+    silver = pinned(spark, settings, names.silver_table(exchange)).select(*SILVER_KEY)
     dlq = (pinned(spark, settings, names.DLQ_TABLE)
-           .where(F.col("bronze_source") == names.bronze_table(exchange)).select(*LINEAGE))
-    return silver.unionByName(dlq).distinct()
+           .where(F.col("bronze_source") == names.bronze_table(exchange)).select(*DLQ_KEY))
+    with _view(validated) as rows, _view(silver) as in_silver, _view(dlq) as in_dlq:
+        return spark.sql(f"""
+            SELECT * FROM {rows} s
+            WHERE EXISTS (SELECT 1 FROM {in_silver} t WHERE {_on_lineage(columns=SILVER_KEY)})
+               OR EXISTS (SELECT 1 FROM {in_dlq} t WHERE {_on_lineage()} AND {_same_bytes(VALUE)})
+        """)
 
 
 def replay_silver(spark: SparkSession, settings: Settings, exchange: str, start: dt.datetime | None = None,
@@ -138,8 +178,9 @@ def replay_silver(spark: SparkSession, settings: Settings, exchange: str, start:
         bronze = bronze.where(column >= F.lit(start).cast("timestamp"))
     if end is not None:
         bronze = bronze.where(column < F.lit(end).cast("timestamp"))
-    source = from_bronze(bronze).join(_processed_lineage(spark, settings, exchange), list(LINEAGE), "left_semi")
-    validated = transform(source, settings).persist(StorageLevel.MEMORY_AND_DISK)
+    # Rows are told apart by their record, so they are decoded before the processed check.
+    validated = _processed(spark, settings, exchange, transform(from_bronze(bronze), settings, exchange=exchange)) \
+        .persist(StorageLevel.MEMORY_AND_DISK)
     summary = ReplaySummary("silver", exchanges=[exchange])
     try:
         summary.valid, summary.dead_lettered = _counts(validated)
@@ -160,10 +201,12 @@ def replay_silver(spark: SparkSession, settings: Settings, exchange: str, start:
 
 def _merge_silver(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
                   now: dt.datetime) -> None:
-    """Upsert rows that pass, delete rows that now fail, keyed on lineage."""
+    """Upsert rows that pass, delete rows that now fail, keyed on lineage + message_id; rows that do
+    not decode have no message_id, hence no Silver row to delete."""
     from pyspark.sql import functions as F
 
-    source = validated.select(*silver_columns(validated, now), F.col(ERROR_TYPE))
+    decoded = validated.where(F.col("message_id").isNotNull())
+    source = _one_per(decoded.select(*silver_columns(decoded, now), F.col(ERROR_TYPE)), SILVER_KEY)
     cols = [c.name for c in tables.V2_COLUMNS + tables.SILVER_EXTRA]
     assign = ", ".join(f"t.`{c}` = s.`{c}`" for c in cols)
     insert_cols = ", ".join(f"`{c}`" for c in cols)
@@ -171,7 +214,7 @@ def _merge_silver(spark: SparkSession, settings: Settings, exchange: str, valida
     with _view(source) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
-            ON {_on_lineage()}
+            ON {_on_lineage(columns=SILVER_KEY)}
             WHEN MATCHED AND s.{ERROR_TYPE} IS NOT NULL THEN DELETE
             WHEN MATCHED THEN UPDATE SET {assign}
             WHEN NOT MATCHED AND s.{ERROR_TYPE} IS NULL THEN INSERT ({insert_cols}) VALUES ({insert_vals})
@@ -180,20 +223,22 @@ def _merge_silver(spark: SparkSession, settings: Settings, exchange: str, valida
 
 def _merge_dlq(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
                now: dt.datetime) -> None:
-    """Mark dead-letter rows that now pass replayed; upsert rows that fail (keeping their first DLQ time)."""
+    """Mark dead-letter rows that now pass replayed; upsert rows that fail (keeping their first DLQ
+    time); keyed on lineage + raw bytes."""
     from pyspark.sql import functions as F
 
     failing = dlq_rows(validated, exchange, now)
     passing = validated.where(F.col(ERROR_TYPE).isNull()).select(
-        *LINEAGE, F.lit(names.bronze_table(exchange)).alias("bronze_source"))
+        *LINEAGE, F.col(VALUE).alias("raw_bytes"), F.lit(names.bronze_table(exchange)).alias("bronze_source"))
+    source = _one_per(failing.unionByName(passing, allowMissingColumns=True), DLQ_KEY)
     cols = [c.name for c in tables.DLQ_DEF.columns]
     insert_cols = ", ".join(f"`{c}`" for c in cols)
     insert_vals = ", ".join(f"s.`{c}`" for c in cols)
     at = f"TIMESTAMP '{now.strftime('%Y-%m-%d %H:%M:%S.%f')}'"  # session time zone is UTC
-    with _view(failing.unionByName(passing, allowMissingColumns=True)) as view:
+    with _view(source) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.DLQ_TABLE)} t USING {view} s
-            ON t.bronze_source = s.bronze_source AND {_on_lineage()}
+            ON t.bronze_source = s.bronze_source AND {_on_lineage()} AND {_same_bytes()}
             WHEN MATCHED AND s.{ERROR_TYPE} IS NULL AND NOT coalesce(t.replayed, false)
                 THEN UPDATE SET t.replayed = true, t.replayed_at = {at}
             WHEN MATCHED AND s.{ERROR_TYPE} IS NOT NULL
@@ -219,7 +264,7 @@ def replay_dlq(spark: SparkSession, settings: Settings, error_type: str | None =
         dlq = dlq.where(F.col(ERROR_TYPE) == error_type)
     for ex in [exchange] if exchange else list(settings.exchanges):
         rows = dlq.where(F.col("bronze_source") == names.bronze_table(ex))
-        validated = transform(from_dlq(rows), settings).persist(StorageLevel.MEMORY_AND_DISK)
+        validated = transform(from_dlq(rows), settings, exchange=ex).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             valid, still = _counts(validated)
             if not valid and not still:
@@ -244,11 +289,14 @@ def replay_dlq(spark: SparkSession, settings: Settings, error_type: str | None =
 
 def _insert_passing(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
                     now: dt.datetime) -> None:
+    """Insert the rows that pass into Silver, each trade once, unless Silver holds it at that lineage
+    already (a rerun after a replay died before marking); another record at the same lineage (a
+    topic reset) does not stop the insert."""
     cols = [c.name for c in tables.V2_COLUMNS + tables.SILVER_EXTRA]
-    with _view(silver_rows(validated, now)) as view:
+    with _view(silver_rows(validated, now).dropDuplicates(list(SILVER_KEY))) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
-            ON {_on_lineage()}
+            ON {_on_lineage(columns=SILVER_KEY)}
             WHEN NOT MATCHED THEN INSERT ({", ".join(f"`{c}`" for c in cols)})
                                   VALUES ({", ".join(f"s.`{c}`" for c in cols)})
         """)
@@ -256,14 +304,28 @@ def _insert_passing(spark: SparkSession, settings: Settings, exchange: str, vali
 
 def _mark_replayed(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
                    now: dt.datetime) -> None:
+    """Mark replayed the dead-letter rows whose trade Silver's committed snapshot holds.
+
+    What counts is what Silver committed, not what passed: a passing row that did not reach
+    Silver stays unreplayed (and is logged). Each dead-letter row is matched on its raw bytes as
+    well as its lineage, so the row of another record at the same lineage is left alone.
+    """
     from pyspark.sql import functions as F
 
-    passing = validated.where(F.col(ERROR_TYPE).isNull()).select(*LINEAGE)
+    committed = pinned(spark, settings, names.silver_table(exchange)).select(*SILVER_KEY)
+    passing = validated.where(F.col(ERROR_TYPE).isNull())
+    in_silver = passing.join(committed, list(SILVER_KEY), "left_semi")
+    missing = passing.count() - in_silver.count()
+    if missing:
+        log.warning("dead-letter rows passed re-validation but are not in Silver; left unreplayed",
+                    extra={"exchange": exchange, "rows": missing})
+    written = in_silver.select(*LINEAGE, F.col(VALUE).alias("raw_bytes")).dropDuplicates()
     at = f"TIMESTAMP '{now.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
-    with _view(passing) as view:
+    with _view(written) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.DLQ_TABLE)} t USING {view} s
             ON t.bronze_source = '{names.bronze_table(exchange)}' AND {_on_lineage()}
+               AND t.raw_bytes = s.raw_bytes
             WHEN MATCHED AND NOT coalesce(t.replayed, false) THEN UPDATE SET t.replayed = true, t.replayed_at = {at}
         """)
 

@@ -19,6 +19,12 @@ The future-timestamp rule allows ``max_clock_skew_s`` (setting ``LAKEHOUSE_MAX_C
 clocks of the exchange, the producers' machines and this one never agree exactly, so a trade
 stamped a few seconds after its reference time is not wrong. :data:`RULES` is the rule set
 without that tolerance; the jobs validate with :func:`for_settings`.
+
+The exchange rule (:func:`exchange_matches`) depends on where the row came from: a Silver run
+reads one exchange's Bronze table, which holds that exchange's topic only, so a record whose
+``exchange`` field names another exchange was produced to the wrong topic and would land in the
+wrong exchange's Silver table. Callers that know the exchange add it with :func:`for_exchange`
+(the Silver tasks take it from their Bronze table, the replays from their argument).
 """
 
 from __future__ import annotations
@@ -110,9 +116,25 @@ RULES: tuple[Rule, ...] = (
          "message_id"),
     Rule("asset_class_crypto", "invalid_asset_class", col("asset_class") == "crypto",
          "asset_class must be 'crypto'", "asset_class"),
+    # Required strings of the schema, so never NULL in Avro, but an empty one is no trade either.
+    Rule("exchange_present", "empty_exchange", present("exchange"), "exchange must not be empty", "exchange"),
+    Rule("trade_id_present", "empty_trade_id", present("trade_id"), "trade_id must not be empty", "trade_id"),
+    Rule("currency_present", "empty_currency", present("currency"), "currency must not be empty", "currency"),
 )
 
-CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(r.category for r in RULES))
+EXCHANGE_MATCHES = "exchange_matches_topic"
+EXCHANGE_MISMATCH = "exchange_mismatch"
+
+
+def exchange_matches(exchange: str) -> Rule:
+    """The rule that a record's ``exchange`` is ``exchange`` (the exchange of the topic it was read
+    from), in the upper case the producers write (``BINANCE`` on topic ``<prefix>.binance``)."""
+    expected = exchange.upper()
+    return Rule(EXCHANGE_MATCHES, EXCHANGE_MISMATCH, col("exchange") == expected,
+                f"exchange must be '{expected}', the exchange of the topic the record was read from", "exchange")
+
+
+CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys([*(r.category for r in RULES), EXCHANGE_MISMATCH]))
 
 
 def build(max_clock_skew_s: float = 0.0, base: tuple[Rule, ...] | None = None) -> tuple[Rule, ...]:
@@ -122,9 +144,17 @@ def build(max_clock_skew_s: float = 0.0, base: tuple[Rule, ...] | None = None) -
     return tuple(tolerant if r.name == TIMESTAMP_NOT_FUTURE else r for r in (RULES if base is None else base))
 
 
-def for_settings(settings: Settings) -> tuple[Rule, ...]:
-    """The rules Silver validates with: :func:`build` with ``settings.max_clock_skew_s``."""
-    return build(settings.max_clock_skew_s)
+def for_exchange(rules: tuple[Rule, ...], exchange: str) -> tuple[Rule, ...]:
+    """``rules`` checking that each record belongs to ``exchange`` (the exchange rule of
+    ``rules``, if any, is replaced): how a task or replay that reads one exchange validates."""
+    return (*(r for r in rules if r.name != EXCHANGE_MATCHES), exchange_matches(exchange))
+
+
+def for_settings(settings: Settings, exchange: str | None = None) -> tuple[Rule, ...]:
+    """The rules Silver validates with: :func:`build` with ``settings.max_clock_skew_s``, and with
+    the exchange rule when the rows come from ``exchange``'s Bronze table."""
+    rules = build(settings.max_clock_skew_s)
+    return rules if exchange is None else for_exchange(rules, exchange)
 
 
 def broken(batch: pa.RecordBatch, rules: tuple[Rule, ...]) -> list[pa.BooleanArray]:
@@ -168,5 +198,6 @@ def evaluate(batch: pa.RecordBatch, rules: tuple[Rule, ...] | None = None,
     return error_type, pa.array(reasons, pa.string())
 
 
-__all__ = ["CATEGORIES", "MAX_AGE_US", "REFERENCE_TIME_US", "RULES", "TIMESTAMP_NOT_FUTURE", "Rule", "broken", "build",
-           "col", "evaluate", "for_settings", "present", "timestamp_not_future"]
+__all__ = ["CATEGORIES", "EXCHANGE_MATCHES", "EXCHANGE_MISMATCH", "MAX_AGE_US", "REFERENCE_TIME_US", "RULES",
+           "TIMESTAMP_NOT_FUTURE", "Rule", "broken", "build", "col", "evaluate", "exchange_matches", "for_exchange",
+           "for_settings", "present", "timestamp_not_future"]

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakehouse import names
 from lakehouse.settings import Settings
 from lakehouse.silver.decode import decoder_for
-from lakehouse.silver.rules import Rule
+from lakehouse.silver.rules import Rule, for_exchange
 from lakehouse.silver.validate import ERROR_REASON, ERROR_TYPE, validate_batch
 
 if TYPE_CHECKING:
@@ -92,6 +93,20 @@ class BatchContext:
     now_us: int
     rows_per_file: int
     recheck: bool = False
+
+    @property
+    def exchange(self) -> str:
+        """The exchange whose Bronze table (``bronze_source``) the rows come from."""
+        for exchange in self.settings.exchanges:
+            if names.bronze_table(exchange) == self.bronze_source:
+                return exchange
+        raise ValueError(f"bronze_source {self.bronze_source!r} is not the Bronze table of a configured exchange")
+
+    @property
+    def row_rules(self) -> tuple[Rule, ...]:
+        """``rules`` plus the rule that each record belongs to :attr:`exchange`: a Bronze table holds
+        one exchange's topic, so a record naming another exchange is dead-lettered, not stored."""
+        return for_exchange(self.rules, self.exchange)
 
 
 class _Files:
@@ -213,13 +228,14 @@ def run_task(batches: Iterator[pa.RecordBatch], ctx: BatchContext) -> Iterator[p
     decoder.forget_failures()
     silver = _Files(ctx.silver, ctx.rows_per_file) if ctx.silver is not None else None
     dlq = _Files(ctx.dlq, ctx.rows_per_file) if ctx.dlq is not None else None
+    checks = ctx.row_rules
     valid = 0
     dead: Counter[str] = Counter()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         for batch in batches:
-            validated = validate_batch(batch, decoder, ctx.rules, VALUE, keep_value=dlq is not None)
+            validated = validate_batch(batch, decoder, checks, VALUE, keep_value=dlq is not None)
             failing = validated.column(ERROR_TYPE)
             if ctx.recheck:
                 types = pc.fill_null(failing, RECHECK_PASSED)

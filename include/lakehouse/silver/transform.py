@@ -57,20 +57,23 @@ def validated_spark_fields() -> list[T.StructField]:
                       T.StructField(ERROR_REASON, T.StringType(), True)]
 
 
-def transform(source: DataFrame, settings: Settings, keep_value: bool = True) -> DataFrame:
+def transform(source: DataFrame, settings: Settings, keep_value: bool = True,
+              exchange: str | None = None) -> DataFrame:
     """Decode and validate (``mapInArrow``): V2 columns, schema id, ``error_type``/``error_reason``
     (NULL when valid), then the source columns (``value`` only if ``keep_value``).
 
     The rules are :func:`lakehouse.silver.rules.for_settings` as the driver has them when it builds
-    the plan (the clock-skew tolerance of ``settings`` applied); they travel to the executors with
-    the function.
+    the plan (the clock-skew tolerance of ``settings`` applied, and the exchange rule when the rows
+    come from ``exchange``'s Bronze table, as the Silver tasks check it); they travel to the
+    executors with the function.
     """
     from pyspark.sql import types as T
 
     source = source.select(*SOURCE_COLUMNS)
     passed = [f for f in source.schema.fields if keep_value or f.name != VALUE]
     schema = T.StructType(validated_spark_fields() + passed)
-    return source.mapInArrow(arrow_validator(settings, rules.for_settings(settings), VALUE, keep_value), schema)
+    checks = rules.for_settings(settings, exchange)
+    return source.mapInArrow(arrow_validator(settings, checks, VALUE, keep_value), schema)
 
 
 def silver_columns(validated: DataFrame, validated_at: dt.datetime) -> list[Column]:
