@@ -2,7 +2,8 @@
 
 Submitted by ``lakehouse run gold`` and by Airflow (the same spark-submit); configuration comes
 from LAKEHOUSE_* variables. Processes what Silver held at start (availableNow), then exits.
-Exit code 0 on success, 1 when the run failed (retry it), 2 on a bad setting.
+Exit code 0 on success, 1 when the run failed (retry it), 2 on a bad setting, 75 when another Gold
+run committed the batches this run was processing first (nothing was written twice).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lakehouse.gold.job import GoldRunError, run
+    from lakehouse.gold.job import GoldConcurrentWriterError, GoldRunError, run
     from lakehouse.jobs import run_job
 
-    return run_job("gold", __doc__.splitlines()[0], run, (GoldRunError,), argv, per_exchange=False)
+    return run_job("gold", __doc__.splitlines()[0], run, (GoldConcurrentWriterError, GoldRunError), argv,
+                   per_exchange=False)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,63 @@ commit concurrently.
 
 from __future__ import annotations
 
+import functools
+import logging
+import random
 import sqlite3
+import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyiceberg.exceptions import CommitFailedException
+
+from lakehouse.errors import ConcurrentWriterError
 from lakehouse.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.manifest import DataFile
-    from pyiceberg.table import Table
+    from pyiceberg.table import CommitTableResponse, Table, Transaction
+    from pyiceberg.table.snapshots import Snapshot
+    from pyiceberg.table.update import TableRequirement, TableUpdate
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# SQLite's primary result codes for "another connection holds the lock" (extended codes add high bits).
+_SQLITE_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class CatalogUnavailableError(RuntimeError):
     """The catalog database cannot be reached; the message names the setting to check."""
+
+
+class CatalogBusyError(CommitFailedException):
+    """A commit found the catalog database locked by other writers for the whole busy timeout
+    (SQLite's "database is locked"): the commit did not land.
+
+    A :class:`~pyiceberg.exceptions.CommitFailedException`, so pyiceberg retries it like a lost race
+    (``commit.retry.*`` table properties) and Bronze reports it as its commit failure; once the retries
+    run out the job fails with this one line, naming catalog and table, and Airflow retries the task.
+    """
+
+
+class CatalogConflictError(CommitFailedException):
+    """Another writer committed to the table between this commit's read and its compare-and-set, on
+    every try the commit retries made: the commit did not land (retry the job).
+
+    Raised in place of pyiceberg's own conflict errors, which name neither the catalog nor the table.
+    """
+
+
+class TagCommittedError(ConcurrentWriterError):
+    """A commit carrying the same tag is already on the branch: another writer committed this input."""
+
+    def __init__(self, message: str, snapshot_id: int) -> None:
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
 
 
 def sqlalchemy_uri(settings: Settings) -> str:
@@ -94,26 +133,150 @@ def prepare_catalog_db(settings: Settings) -> None:
 
 
 def load_catalog(settings: Settings) -> SqlCatalog:
-    from pyiceberg.catalog.sql import SqlCatalog
-
     prepare_catalog_db(settings)
     props = {"uri": sqlalchemy_uri(settings), "warehouse": settings.warehouse_uri}
     if settings.s3_endpoint:
         props.update({"s3.endpoint": settings.s3_endpoint, "s3.access-key-id": settings.s3_access_key,
                       "s3.secret-access-key": settings.s3_secret_key, "s3.path-style-access": "true"})
-    return SqlCatalog(settings.catalog_name, **props)
+    return _catalog_class()(settings.catalog_name, settings.catalog_jdbc_uri, **props)
+
+
+def _is_busy(error: BaseException | None) -> bool:
+    """Whether a DB-API error is SQLite's "database is locked" (its busy timeout ran out)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_BUSY_CODES
+
+
+def _first_line(error: BaseException | None) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+@functools.cache
+def _catalog_class() -> Callable[..., SqlCatalog]:
+    """pyiceberg's ``SqlCatalog`` whose commits fail with this module's one-line errors.
+
+    Built on first use: pyiceberg's catalog imports SQLAlchemy, which callers that only need this
+    module's errors or URIs should not pay for.
+    """
+    import sqlalchemy.exc
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    class LakehouseSqlCatalog(SqlCatalog):
+        """Commits raise :class:`CatalogConflictError`, :class:`CatalogBusyError` or
+        :class:`CatalogUnavailableError`: never a raw database error, never a conflict without names."""
+
+        def __init__(self, name: str, jdbc_uri: str, **properties: str) -> None:
+            super().__init__(name, **properties)
+            self.jdbc_uri = jdbc_uri  # for error messages: the setting to check
+
+        def commit_table(self, table: Table, requirements: tuple[TableRequirement, ...],
+                         updates: tuple[TableUpdate, ...]) -> CommitTableResponse:
+            name = ".".join(table.name())
+            try:
+                return super().commit_table(table, requirements, updates)
+            except (CatalogBusyError, CatalogConflictError):
+                raise
+            except CommitFailedException as err:
+                raise CatalogConflictError(f"catalog {self.name}: {name} was changed by another writer during this "
+                                           f"commit, which did not land: {_first_line(err)}") from err
+            except sqlalchemy.exc.OperationalError as err:
+                if _is_busy(err.orig):
+                    raise CatalogBusyError(f"catalog {self.name}: commit to {name} did not land: the catalog database "
+                                           f"stayed locked by other writers for {SQLITE_BUSY_TIMEOUT_MS // 1000}s "
+                                           f"({_first_line(err.orig)})") from err
+                raise CatalogUnavailableError(f"LAKEHOUSE_CATALOG_URI={self.jdbc_uri!r}: catalog {self.name} failed "
+                                              f"while committing {name}: {_first_line(err.orig)}") from err
+
+    return LakehouseSqlCatalog
 
 
 def append_data_files(table: Table, data_files: Sequence[DataFile], properties: Mapping[str, str],
-                      branch: str = "main") -> None:
+                      branch: str = "main", unique: str | None = None) -> None:
     """One snapshot on ``branch`` adding ``data_files`` (written by tasks), ``properties`` in its summary.
 
-    pyiceberg retries the commit when another writer committed in between (appends never conflict).
+    Without ``unique``, pyiceberg retries the commit when another writer committed in between
+    (appends never conflict). With ``unique`` (a key of ``properties``), the commit is a
+    compare-and-set: it lands only on a branch head none of whose ancestors carries the same
+    ``unique`` value, else :class:`TagCommittedError` (see :func:`_append_once`).
     """
-    with table.transaction() as tx:
-        with tx.update_snapshot(snapshot_properties=dict(properties), branch=branch).fast_append() as append:
-            for data_file in data_files:
-                append.append_data_file(data_file)
+    if unique is None:
+        with table.transaction() as tx:
+            _stage_append(tx, data_files, properties, branch)
+        return
+    _append_once(table, data_files, properties, branch, unique)
+
+
+def _stage_append(tx: Transaction, data_files: Sequence[DataFile], properties: Mapping[str, str],
+                  branch: str) -> None:
+    with tx.update_snapshot(snapshot_properties=dict(properties), branch=branch).fast_append() as append:
+        for data_file in data_files:
+            append.append_data_file(data_file)
+
+
+def tagged_ancestor(table: Table, key: str, value: str, branch: str = "main") -> Snapshot | None:
+    """The snapshot in ``branch``'s (unexpired) history whose summary carries ``key`` = ``value``."""
+    metadata = table.metadata
+    by_id = {snap.snapshot_id: snap for snap in metadata.snapshots}
+    snap = metadata.snapshot_by_name(branch)
+    while snap is not None:
+        if snap.summary is not None and snap.summary.get(key) == value:
+            return snap
+        snap = by_id.get(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    return None
+
+
+def _append_once(table: Table, data_files: Sequence[DataFile], properties: Mapping[str, str], branch: str,
+                 key: str) -> None:
+    """Commit the append only on top of a branch head whose history lacks ``properties[key]``.
+
+    pyiceberg's own retry would rebuild a failed append on the new head without asking us, so a
+    second writer of the same tagged input would land too. Each attempt therefore commits once
+    (retries off on a copy of the table, so the setting never reaches the catalog): the commit
+    asserts the branch head it was built on, which makes check-then-append atomic. When another
+    commit moved the head, the table is reloaded and the tag checked again: present, the other
+    writer committed this input (:class:`TagCommittedError`); absent (another exchange's commit to
+    a shared table, a maintenance commit), the append is rebuilt on the new head after a backoff.
+    Attempts and waits follow the table's ``commit.retry.*`` properties, like any other commit.
+    """
+    from pyiceberg.table import TableProperties
+
+    value = properties[key]
+    props = table.metadata.properties
+    retries = max(0, int(props.get(TableProperties.COMMIT_NUM_RETRIES, TableProperties.COMMIT_NUM_RETRIES_DEFAULT)))
+    min_wait_ms = max(0, int(props.get(TableProperties.COMMIT_MIN_RETRY_WAIT_MS,
+                                       TableProperties.COMMIT_MIN_RETRY_WAIT_MS_DEFAULT)))
+    max_wait_ms = max(0, int(props.get(TableProperties.COMMIT_MAX_RETRY_WAIT_MS,
+                                       TableProperties.COMMIT_MAX_RETRY_WAIT_MS_DEFAULT)))
+    for attempt in range(retries + 1):
+        found = tagged_ancestor(table, key, value, branch)
+        if found is not None:
+            raise TagCommittedError(f"{'.'.join(table.name())} branch {branch} already holds snapshot "
+                                    f"{found.snapshot_id} with {key}={value}", found.snapshot_id)
+        try:
+            with _without_commit_retries(table).transaction() as tx:
+                _stage_append(tx, data_files, properties, branch)
+            return
+        except CommitFailedException:
+            if attempt == retries:
+                raise
+            wait_ms = min(min_wait_ms * 2 ** attempt, max_wait_ms)
+            log.info("commit to %s lost a race (attempt %s of %s); checking %s=%s again in %s ms",
+                     ".".join(table.name()), attempt + 1, retries + 1, key, value, wait_ms)
+            time.sleep((wait_ms + random.uniform(0, 0.1 * wait_ms)) / 1000)
+            table = table.refresh()
+
+
+def _without_commit_retries(table: Table) -> Table:
+    """The same table whose next commit is tried once (``commit.retry.num-retries`` = 0 on this object only).
+
+    The catalog applies a commit's updates to the metadata it holds, so the local copy of the
+    property is never written.
+    """
+    from pyiceberg.table import Table, TableProperties
+
+    metadata = table.metadata.model_copy(
+        update={"properties": {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}})
+    return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog, table.config)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lakehouse.catalog import prepare_catalog_db
+from lakehouse.catalog import SQLITE_BUSY_TIMEOUT_MS, prepare_catalog_db
 from lakehouse.settings import REPO_ROOT, Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -88,8 +88,10 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.python.daemon.module": DAEMON_MODULE,
     }
     if settings.catalog_is_sqlite:
-        # xerial's driver takes pragmas as connection properties: concurrent committers wait, not fail.
-        conf[f"{cat}.jdbc.busy_timeout"] = "30000"
+        # Iceberg's JDBC catalog hands its jdbc.* properties, prefix removed, to the driver's connect; xerial's
+        # driver reads the busy_timeout pragma from them (its default is 3 s): concurrent committers wait for
+        # the database lock as long as pyiceberg's do, then fail instead of hanging.
+        conf[f"{cat}.jdbc.busy_timeout"] = str(SQLITE_BUSY_TIMEOUT_MS)
         # The catalog tables are created by lakehouse.catalog.prepare_catalog_db (see why there).
         conf[f"{cat}.jdbc.init-catalog-tables"] = "false"
     else:

@@ -60,6 +60,9 @@ COMMON_PROPERTIES = {
     "commit.retry.num-retries": "10",
     "commit.retry.min-wait-ms": "100",
     "commit.retry.max-wait-ms": "10000",
+    # A commit that waits on a busy catalog (SQLite's 30 s lock timeout counts as a retryable
+    # failure) gives up after two minutes in all, and the job fails in one line for Airflow to retry.
+    "commit.retry.total-timeout-ms": "120000",
     "history.expire.max-snapshot-age-ms": str(24 * 3600 * 1000),
 }
 
@@ -219,7 +222,13 @@ GOLD_DEF = TableDef(
         Column("exchange_hour", IntegerType()),
     ),
     partition_by=(("exchange_date", IdentityTransform()), ("exchange_hour", IdentityTransform())),
-    properties={"write.distribution-mode": "hash"},
+    properties={
+        "write.distribution-mode": "hash",
+        # Gold's insert MERGE is row-level and validated against concurrent inserts in its scope
+        # (see lakehouse.gold.writer.merge_trades); merge-on-read so it never rewrites data files.
+        "write.merge.mode": "merge-on-read",
+        "write.merge.isolation-level": "serializable",
+    },
 )
 
 OHLCV_DEF = TableDef(
@@ -271,8 +280,21 @@ def table_def(settings: Settings, name: str) -> TableDef:
     raise KeyError(f"unknown table {name!r}")
 
 
+# Properties only a table's creation sets (the format is upgraded by a migration, never here).
+CREATE_ONLY_PROPERTIES = frozenset({"format-version"})
+
+
+def table_properties(d: TableDef) -> dict[str, str]:
+    """Every property ``d`` declares, common ones included."""
+    return {**COMMON_PROPERTIES, **d.properties, "comment": d.doc}
+
+
 def ensure_tables(settings: Settings, catalog: Catalog | None = None) -> list[str]:
-    """Create the namespace and every missing table; return the names created."""
+    """Create the namespace and every missing table; return the names created.
+
+    An existing table gets every declared property it lacks or holds with another value (a new
+    release's settings reach tables an older one created); other properties are left alone.
+    """
     catalog = catalog or load_catalog(settings)
     try:
         catalog.create_namespace(names.NAMESPACE)
@@ -281,17 +303,30 @@ def ensure_tables(settings: Settings, catalog: Catalog | None = None) -> list[st
     created = []
     for d in table_defs(settings):
         if catalog.table_exists(d.name):
+            update_properties(catalog, d)
             continue
         schema = d.schema()
         try:
             catalog.create_table(d.name, schema, partition_spec=d.partition_spec(schema),
-                                 properties={**COMMON_PROPERTIES, **d.properties, "comment": d.doc})
+                                 properties=table_properties(d))
             created.append(d.name)
         except TableAlreadyExistsError:
-            continue
+            update_properties(catalog, d)
     if created:
         log.info("tables created", extra={"tables": created})
     return created
+
+
+def update_properties(catalog: Catalog, d: TableDef) -> dict[str, str]:
+    """Set the declared properties that ``d``'s existing table lacks or holds otherwise; return them."""
+    table = catalog.load_table(d.name)
+    changed = {k: v for k, v in table_properties(d).items()
+               if k not in CREATE_ONLY_PROPERTIES and table.properties.get(k) != v}
+    if changed:
+        with table.transaction() as tx:
+            tx.set_properties(changed)
+        log.info("table properties updated: %s", d.name, extra={"table": d.name, "properties": changed})
+    return changed
 
 
 def spark_type(t: IcebergType) -> T.DataType:

@@ -127,6 +127,7 @@ def test_admission_cap_is_fair_and_runs_in_several_tasks(isolated: Settings, spa
     assert_exactly(s, isolated, sent)
 
 
+@pytest.mark.fault
 def test_overlapping_runs_cannot_both_commit(isolated: Settings, spark: Any) -> None:
     s = session(isolated, "t")
     # On the empty table: the loser finds main created by the winner when it branches.
@@ -158,6 +159,7 @@ def test_overlapping_runs_cannot_both_commit(isolated: Settings, spark: Any) -> 
     assert run_bronze(s, isolated, EX).status == "noop"
 
 
+@pytest.mark.fault
 def test_compaction_between_write_and_commit_replans(isolated: Settings, spark: Any, monkeypatch: Any) -> None:
     """A maintenance commit moves main without new offsets: the run re-plans instead of failing."""
     s = session(isolated, "t")
@@ -179,6 +181,7 @@ def test_compaction_between_write_and_commit_replans(isolated: Settings, spark: 
     assert_exactly(s, isolated, sent)
 
 
+@pytest.mark.fault
 def test_offsets_survive_compaction_and_snapshot_expiry(isolated: Settings, spark: Any) -> None:
     s = session(isolated, "t")
     sent = {}

@@ -21,7 +21,7 @@ from lakehouse.gold import job
 from lakehouse.gold.plans import scan_metrics
 from lakehouse.gold.synthetic import silver_frame, silver_record
 from lakehouse.gold.writer import BatchStats
-from lakehouse.settings import Settings
+from lakehouse.settings import Settings, load_settings
 from lakehouse.spark import session
 
 if TYPE_CHECKING:
@@ -239,3 +239,25 @@ def test_lakehouse_run_gold_is_the_spark_submit_job_and_reports_metrics(isolated
     spark.sql(f"REFRESH TABLE {names.qualified(isolated, names.OHLCV_TABLE)}")
     assert sorted((r.exchange, r.trade_id) for r in gold_rows(spark, isolated)) == [("BINANCE", "1"), ("KRAKEN", "5")]
     assert assert_bars_match_gold(spark, isolated) == 2
+
+
+def test_ensure_tables_gives_an_existing_gold_table_the_new_merge_properties(tmp_path: Path) -> None:
+    """A Gold table created before the row-level MERGE (plain copy-on-write MERGE settings) gets
+    merge-on-read and serializable isolation from the next ``ensure_tables`` (``lakehouse up``)."""
+    from lakehouse import tables
+    from lakehouse.catalog import load_catalog
+
+    settings = load_settings({"LAKEHOUSE_HOME": str(tmp_path / "home")})
+    tables.ensure_tables(settings)
+    catalog = load_catalog(settings)
+    with catalog.load_table(names.GOLD_TABLE).transaction() as tx:  # as an older release left it
+        tx.remove_properties("write.merge.isolation-level")
+        tx.set_properties({"write.merge.mode": "copy-on-write", "operator.note": "kept"})
+
+    assert tables.ensure_tables(settings) == []
+
+    properties = catalog.load_table(names.GOLD_TABLE).properties
+    assert properties["write.merge.mode"] == "merge-on-read"
+    assert properties["write.merge.isolation-level"] == "serializable"
+    assert properties["operator.note"] == "kept"  # properties it does not declare are left alone
+    assert tables.update_properties(catalog, tables.GOLD_DEF) == {}  # nothing left to change

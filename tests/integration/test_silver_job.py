@@ -164,14 +164,17 @@ def _kill_and_retry(isolated: Settings, fault: str) -> None:
 
 # (Separate tests, not parametrized: the isolated fixture names its catalog after the first 40
 # characters of the test name, which parameter ids would not change.)
+@pytest.mark.fault
 def test_killed_after_the_silver_write_before_the_dlq_write_retries_without_duplicates(isolated: Settings) -> None:
     _kill_and_retry(isolated, "after_silver")
 
 
+@pytest.mark.fault
 def test_killed_after_both_writes_before_the_checkpoint_retries_without_duplicates(isolated: Settings) -> None:
     _kill_and_retry(isolated, "after_both")
 
 
+@pytest.mark.fault
 def test_an_unreachable_schema_registry_fails_the_run_and_dead_letters_nothing(isolated: Settings) -> None:
     spark = session(isolated, "silver-test")
     sid, newer_sid = _register(isolated), _register(isolated, NEWER)

@@ -7,6 +7,10 @@ sources in the checkpoint offsets and now there are [2]"). With one checkpoint p
 an exchange to the settings starts its stream from the beginning of its Silver table and leaves the
 others where they were. Message ids are per exchange (UUIDv5 of exchange, symbol, trade id), so
 deduplicating per source loses nothing; running the queries sequentially keeps Gold single-writer.
+
+Two Gold runs at once (a scheduled and a manual run) share the checkpoints: the second to commit the
+same rows (see :func:`lakehouse.gold.writer.merge_trades`) or to write the same checkpoint entry
+fails with :class:`GoldConcurrentWriterError`, having written nothing twice.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from lakehouse import names, runreport
+from lakehouse.errors import ConcurrentWriterError, concurrent_checkpoint_write, java_causes
 from lakehouse.gold.writer import BatchStats, GoldBatchWriter
 from lakehouse.metrics import StatsD
 from lakehouse.settings import Settings
@@ -28,6 +33,11 @@ log = logging.getLogger(__name__)
 
 class GoldRunError(RuntimeError):
     """One or more Silver streams failed; the others were still processed."""
+
+
+class GoldConcurrentWriterError(GoldRunError, ConcurrentWriterError):
+    """Another Gold run committed a batch this run was processing, or wrote its checkpoint entry,
+    first; nothing was written twice. For a whole run: every failed source lost such a race."""
 
 
 def silver_stream(spark: SparkSession, settings: Settings, exchange: str) -> DataFrame:
@@ -46,21 +56,26 @@ def silver_stream(spark: SparkSession, settings: Settings, exchange: str) -> Dat
 def run_source(spark: SparkSession, settings: Settings, exchange: str,
                statsd: StatsD | None = None) -> list[BatchStats]:
     """Process everything Silver of ``exchange`` held when the run started, in bounded batches."""
-    from pyspark.errors import StreamingQueryException
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException, StreamingQueryException
 
     writer = GoldBatchWriter(settings, exchange, statsd)
     started = time.monotonic()
-    query = (silver_stream(spark, settings, exchange).writeStream
-             .queryName(f"gold_{exchange}")
-             .option("checkpointLocation", names.gold_checkpoint(settings, exchange))
-             .trigger(availableNow=True)
-             .foreachBatch(writer)
-             .start())
+    stream = (silver_stream(spark, settings, exchange).writeStream
+              .queryName(f"gold_{exchange}")
+              .option("checkpointLocation", names.gold_checkpoint(settings, exchange))
+              .trigger(availableNow=True)
+              .foreachBatch(writer))
+    try:
+        query = stream.start()
+    except (Py4JJavaError, PySparkException) as err:
+        if concurrent_checkpoint_write(err) is None:
+            raise
+        raise _source_failure(exchange, err, None) from err  # another run created the checkpoint
     try:
         query.awaitTermination()
     except StreamingQueryException as err:
-        cause: Exception = writer.failure or err
-        raise GoldRunError(f"{exchange}: {type(cause).__name__}: {str(cause).splitlines()[0]}") from cause
+        raise _source_failure(exchange, err, writer.failure) from (writer.failure or err)
     # The MERGE reads, writes and commits in one statement: its time counts as work; the rest of the
     # query (offsets, micro-batch planning, checkpoint) as planning.
     work = sum(s.duration_s for s in writer.stats)
@@ -71,11 +86,29 @@ def run_source(spark: SparkSession, settings: Settings, exchange: str,
     return writer.stats
 
 
+def _source_failure(exchange: str, err: Exception, raised: Exception | None) -> GoldRunError:
+    """One source's error: a lost race (the batch's commit, ``raised`` by foreachBatch, or a
+    checkpoint file) is a :class:`GoldConcurrentWriterError`, anything else a GoldRunError."""
+    if isinstance(raised, ConcurrentWriterError):
+        return GoldConcurrentWriterError(f"{exchange}: {raised}")
+    logged = concurrent_checkpoint_write(err) if raised is None else None
+    if logged is not None:
+        return GoldConcurrentWriterError(f"{exchange}: another Gold run uses the same checkpoint and wrote its entry "
+                                         f"first; nothing was written twice: {logged.line[:300]}")
+    cause = raised or err
+    jvm = java_causes(cause) if type(cause).__module__.startswith(("py4j", "pyspark")) else []
+    if jvm:  # the root JVM cause names the problem; Py4J's own line only names the call
+        root = jvm[-1]
+        return GoldRunError(f"{exchange}: {root.class_name.rsplit('.', 1)[-1]}: {root.line[:500]}")
+    return GoldRunError(f"{exchange}: {type(cause).__name__}: {str(cause).splitlines()[0]}")
+
+
 def run(spark: SparkSession, settings: Settings) -> list[BatchStats]:
     """One Gold run over every configured exchange; raises :class:`GoldRunError` if any stream failed.
 
     A failing source (for example a Silver snapshot the stream cannot read) does not starve the
-    others: they are processed first, then the run fails naming every failed source.
+    others: they are processed first, then the run fails naming every failed source. When every
+    failed source lost a race to another Gold run, the error is a :class:`GoldConcurrentWriterError`.
     """
     started = time.monotonic()
     statsd = StatsD.from_settings(settings)
@@ -113,5 +146,7 @@ def run(spark: SparkSession, settings: Settings) -> list[BatchStats]:
     if failures:
         first = next(iter(failures.values()))
         detail = "; ".join(map(str, failures.values()))
-        raise GoldRunError(f"Gold failed for {', '.join(failures)}: {detail}") from first
+        error = (GoldConcurrentWriterError if all(isinstance(e, ConcurrentWriterError) for e in failures.values())
+                 else GoldRunError)
+        raise error(f"Gold failed for {', '.join(failures)}: {detail}") from first
     return stats

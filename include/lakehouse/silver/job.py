@@ -13,8 +13,12 @@ was there at start, in bounded batches, then exit.
 In each micro-batch the Spark tasks decode and validate every row once and write the Silver and
 dead-letter data files themselves (:mod:`lakehouse.silver.tasks`); the driver commits each
 table's files in one commit tagged with the batch, so a retried batch skips what is committed
-(:func:`process_batch`). Each batch reports read/valid/dead-lettered counts, DLQ rate and
-duration as a log line and StatsD metrics (``silver.*``, tagged by exchange and error_type).
+(:func:`process_batch`). Two runs sharing the checkpoint (a scheduled and a manual run) may
+process the same batch at once: the tagged commit is a compare-and-set, so the second writer of a
+batch commits nothing and fails with :class:`SilverConcurrentWriterError`, as it does when the
+other run wrote the batch's checkpoint entry first. Each batch reports read/valid/dead-lettered
+counts, DLQ rate and duration as a log line and StatsD metrics (``silver.*``, tagged by exchange
+and error_type).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lakehouse import names, runreport
-from lakehouse.catalog import NewestAppend, append_data_files, load_catalog, newest_append
+from lakehouse.catalog import NewestAppend, TagCommittedError, load_catalog, newest_append
+from lakehouse.errors import ConcurrentWriterError, concurrent_checkpoint_write
 from lakehouse.metrics import StatsD
 from lakehouse.registry import RegistryUnavailableError
 from lakehouse.settings import Settings
@@ -46,10 +51,13 @@ from lakehouse.silver.tasks import (
     run_task,
 )
 from lakehouse.silver.transform import LINEAGE, SOURCE_COLUMNS, from_bronze
-from lakehouse.silver.writer import appended_rows, batch_tag, tagged_snapshot
+from lakehouse.silver.writer import appended_rows, batch_tag, commit_tagged, tagged_snapshot
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from pyiceberg.manifest import DataFile
+    from pyiceberg.table import Table
     from pyiceberg.table.snapshots import Snapshot
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
@@ -64,6 +72,11 @@ EXTRA_BATCHES = 1  # micro-batches a run still admits after consuming its target
 
 class SilverRunError(RuntimeError):
     """The Silver streaming query failed; the message carries the first line of the cause."""
+
+
+class SilverConcurrentWriterError(SilverRunError, ConcurrentWriterError):
+    """Another Silver run of the same exchange committed a batch this run was processing, or wrote
+    its checkpoint entry, first; nothing of that batch was written twice."""
 
 
 class InjectedFault(RuntimeError):
@@ -127,7 +140,8 @@ def process_batch(bronze_rows: DataFrame, settings: Settings, exchange: str, tag
     (:mod:`lakehouse.silver.tasks`); the driver then commits the Silver files, then the
     dead-letter files, each commit tagged with ``tag`` and the batch's dead-letter counts. A
     retried batch skips every table whose commit exists; when only the Silver commit exists, the
-    rows it lacks (a join on lineage) are dead-lettered.
+    rows it lacks (a join on lineage) are dead-lettered. Raises :class:`SilverConcurrentWriterError`
+    when another run commits the same batch first (each commit is a compare-and-set on the tag).
     """
     started = time.monotonic()
     now = dt.datetime.now(dt.timezone.utc)
@@ -150,12 +164,12 @@ def process_batch(bronze_rows: DataFrame, settings: Settings, exchange: str, tag
         properties = {names.SILVER_BATCH_PROPERTY: tag, names.SILVER_DEAD_PROPERTY: json.dumps(result.dead)}
         if result.silver_files:
             with runreport.phase("commit"):
-                append_data_files(silver, result.silver_files, properties)
+                _commit(silver, result.silver_files, properties, exchange)
             wrote_silver = True
         _inject(settings, "after_silver")
         if dlq_snap is None and result.dlq_files:
             with runreport.phase("commit"):
-                append_data_files(dlq, result.dlq_files, properties)
+                _commit(dlq, result.dlq_files, properties, exchange)
             wrote_dlq = True
     else:
         valid = int(silver_snap.summary.get("added-records") or 0) if silver_snap.summary else 0
@@ -174,6 +188,16 @@ def process_batch(bronze_rows: DataFrame, settings: Settings, exchange: str, tag
     return BatchStats(batch_id=int(tag.rsplit(":", 1)[1]), read=valid + sum(dead.values()), valid=valid,
                       dead_lettered=dead, duration_s=time.monotonic() - started,
                       wrote_silver=wrote_silver, wrote_dlq=wrote_dlq)
+
+
+def _commit(table: Table, data_files: Sequence[DataFile], properties: Mapping[str, str], exchange: str) -> None:
+    """The batch's tagged commit to ``table``; losing it to another run is a :class:`SilverConcurrentWriterError`."""
+    try:
+        commit_tagged(table, data_files, properties)
+    except TagCommittedError as err:
+        raise SilverConcurrentWriterError(
+            f"another Silver run of {exchange} committed batch {properties[names.SILVER_BATCH_PROPERTY]} to "
+            f"{'.'.join(table.name())} first (snapshot {err.snapshot_id}); nothing of it was written twice") from err
 
 
 @dataclass(frozen=True)
@@ -231,8 +255,8 @@ def _write_dlq(candidates: DataFrame, settings: Settings, exchange: str, tag: st
                            rows_per_file=settings.silver_rows_per_file, recheck=True)
     result = _run_tasks(candidates, context)
     if result.dlq_files:
-        append_data_files(dlq, result.dlq_files, {names.SILVER_BATCH_PROPERTY: tag,
-                                                  names.SILVER_DEAD_PROPERTY: json.dumps(result.dead)})
+        _commit(dlq, result.dlq_files, {names.SILVER_BATCH_PROPERTY: tag,
+                                        names.SILVER_DEAD_PROPERTY: json.dumps(result.dead)}, exchange)
     return result.dead
 
 
@@ -337,8 +361,16 @@ def _cause_line(text: str) -> str:
     return python[-1] if python else next((ln for ln in lines if ln), "unknown error")
 
 
-def _failure(err: Exception) -> Exception:
-    """The run's error: a registry outage keeps its type (retry later), anything else is a SilverRunError."""
+def _failure(err: Exception, exchange: str, raised: ConcurrentWriterError | None = None) -> Exception:
+    """The run's error: a lost race with another run of the same checkpoint (the batch's commit,
+    ``raised`` by foreachBatch, or a checkpoint file) is a :class:`SilverConcurrentWriterError`; a
+    registry outage keeps its type (retry later); anything else is a SilverRunError."""
+    if raised is not None:
+        return raised
+    logged = concurrent_checkpoint_write(err)
+    if logged is not None:
+        return SilverConcurrentWriterError(f"another Silver run of {exchange} uses the same checkpoint and wrote "
+                                           f"its entry first; nothing was written twice: {logged.line[:300]}")
     text = str(err)
     cause = _cause_line(text)
     if RegistryUnavailableError.__name__ in text:
@@ -351,8 +383,9 @@ def run(spark: SparkSession, settings: Settings, exchange: str) -> RunSummary:
     """Process every Bronze row of ``exchange`` committed before the run started; return the counts.
 
     Raises :class:`~lakehouse.registry.RegistryUnavailableError` when the schema registry cannot
-    be reached and :class:`SilverRunError` for any other failure of the query; nothing of a
-    failed batch is committed to the checkpoint, so the next run retries it.
+    be reached, :class:`SilverConcurrentWriterError` when another run of the same exchange
+    committed a batch of this run first, and :class:`SilverRunError` for any other failure of the
+    query; nothing of a failed batch is committed to the checkpoint, so the next run retries it.
     """
     started = time.monotonic()
     summary = RunSummary(exchange)
@@ -380,10 +413,12 @@ def run(spark: SparkSession, settings: Settings, exchange: str) -> RunSummary:
 def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Target, summary: RunSummary,
             statsd: StatsD) -> None:
     """Run the streaming query until the target is consumed (see :class:`_Progress`)."""
-    from pyspark.errors import StreamingQueryException
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException, StreamingQueryException
 
     progress = _Progress(settings, exchange, target)
     checkpoint = names.checkpoint(settings, "silver", exchange)
+    lost: list[ConcurrentWriterError] = []  # a batch's lost race, kept whole (the query only has its text)
 
     def handle(batch_df: DataFrame, batch_id: int) -> None:
         if not progress.admit():
@@ -391,12 +426,16 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
         query_id = batch_df.sparkSession.sparkContext.getLocalProperty(QUERY_ID_PROPERTY)
         if not query_id:
             raise SilverRunError("no streaming query id on the foreachBatch thread")
-        stats = process_batch(batch_df, settings, exchange, batch_tag(query_id, batch_id))
+        try:
+            stats = process_batch(batch_df, settings, exchange, batch_tag(query_id, batch_id))
+        except ConcurrentWriterError as err:
+            lost.append(err)
+            raise
         summary.batches.append(stats)
         report_batch(stats, exchange, statsd)
         progress.observe(batch_end_offset(batch_df.sparkSession, checkpoint, batch_id))
 
-    query: StreamingQuery = (
+    stream = (
         spark.readStream
         .option("streaming-max-files-per-micro-batch", settings.silver_max_files_per_batch)
         .option("streaming-max-rows-per-micro-batch", settings.silver_max_rows_per_batch)
@@ -406,8 +445,13 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
         .writeStream
         .option("checkpointLocation", checkpoint)
         .trigger(processingTime="0 seconds")
-        .foreachBatch(handle)
-        .start())
+        .foreachBatch(handle))
+    try:
+        query: StreamingQuery = stream.start()
+    except (Py4JJavaError, PySparkException) as err:
+        if concurrent_checkpoint_write(err) is None:
+            raise
+        raise _failure(err, exchange) from err  # another run created the new checkpoint just now
     try:
         while True:
             try:
@@ -416,7 +460,7 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
             except StreamingQueryException as err:
                 if RunComplete.__name__ in str(err) and (progress.finished.is_set() or progress.stopping.is_set()):
                     return
-                raise _failure(err) from err
+                raise _failure(err, exchange, lost[0] if lost else None) from err
             status = query.status
             if (not status["isTriggerActive"] and not status["isDataAvailable"]
                     and status["message"] == _IDLE_MESSAGE):  # the stream has consumed everything there is
@@ -424,12 +468,13 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
                 query.stop()
                 error = query.exception()
                 if error is not None and RunComplete.__name__ not in str(error):
-                    raise _failure(error)
+                    raise _failure(error, exchange, lost[0] if lost else None) from error
                 return
     finally:
         if query.isActive:
             query.stop()
 
 
-__all__ = ["RECHECK_PASSED", "RECHECK_REASON", "BatchStats", "InjectedFault", "RunSummary", "SilverRunError",
+__all__ = ["RECHECK_PASSED", "RECHECK_REASON", "BatchStats", "InjectedFault", "RunSummary",
+           "SilverConcurrentWriterError", "SilverRunError",
            "Target", "bronze_target", "describe_run", "process_batch", "run"]
