@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,7 @@ def start(settings: Settings, timeout_s: float = 20.0) -> int:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "RUST_LOG": "warn"})
     _pid_file(settings).write_text(str(proc.pid))
+    _record_incarnation(settings)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -152,6 +154,31 @@ RECORDED_INCARNATIONS = 20
 STOP_RECORD_GROUP = "lakehouse-broker-stop"
 
 
+def _incarnation_file(settings: Settings) -> Path:
+    return settings.home / "broker" / "incarnation"
+
+
+def _record_incarnation(settings: Settings) -> None:
+    """A new id for each start of the embedded broker: every start brings new (in-memory) topics."""
+    path = _incarnation_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(uuid.uuid4().hex)
+
+
+def current_topic_ids(settings: Settings, topics: list[str], timeout_s: float = 10.0) -> dict[str, str | None]:
+    """Which incarnation of each topic the cluster holds: the topic id where the broker reports one;
+    on an embedded broker that reports none, the id of its current start (recorded by :func:`start`)
+    with the topic's name. None: unknown (Kafka before 2.8 without topic ids)."""
+    ids = topic_ids(settings.bootstrap_servers, topics, timeout_s)
+    if not settings.kafka_embedded or all(ids.values()):
+        return ids
+    try:
+        started = _incarnation_file(settings).read_text().strip()
+    except FileNotFoundError:
+        return ids
+    return {topic: topic_id or (f"{started}:{topic}" if started else None) for topic, topic_id in ids.items()}
+
+
 def topic_ids(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> dict[str, str | None]:
     """Each topic's id (the broker assigns a new one when a topic is created again), or None
     where the broker reports none (Kafka before 2.8) or the topic does not exist."""
@@ -180,7 +207,7 @@ def record_topics_at_stop(settings: Settings) -> dict[str, dict[str, object]]:
     """
     from lakehouse.bronze import kafka as bronze_kafka  # Bronze's Kafka module imports this one
     topics = [names.topic(settings, exchange) for exchange in settings.exchanges]
-    ids = topic_ids(settings.bootstrap_servers, topics, timeout_s=5.0)
+    ids = current_topic_ids(settings, topics, timeout_s=5.0)
     record = read_topics_at_stop(settings)
     stopped_at = dt.datetime.now(dt.timezone.utc).isoformat()
     for topic_name in topics:

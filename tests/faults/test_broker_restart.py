@@ -135,3 +135,21 @@ def test_a_stopped_broker_fails_the_run_in_one_line_and_commits_nothing(isolated
     stack.up(isolated)  # back, as a new incarnation: the next run goes on from offset 0 of the new topic
     produce(isolated, range(6, 9))
     assert run_bronze(s, isolated, EX).records == 3
+
+
+def test_a_broker_without_topic_ids_is_told_apart_by_the_start_lakehouse_up_records(
+        isolated: Settings, spark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedded broker that reports no topic ids: each start's recorded id stands in for them."""
+    monkeypatch.setattr(broker, "topic_ids", lambda bootstrap, topics, timeout_s=10.0: dict.fromkeys(topics))
+    s = session(isolated, "t")
+    produce(isolated, range(0, 9))
+    assert run_bronze(s, isolated, EX).records == 9
+    first = broker.current_topic_ids(isolated, [names.topic(isolated, EX)])
+    stack.down(isolated)
+    stack.up(isolated)
+    second = broker.current_topic_ids(isolated, [names.topic(isolated, EX)])
+    assert None not in first.values() and first != second
+    produce(isolated, range(20, 24))  # fewer than before: offsets alone would see a reset, not a new topic
+    result = run_bronze(s, isolated, EX)
+    assert result.records == 4 and result.incarnation is not None
+    assert result.incarnation["unread_records"] == 0

@@ -17,6 +17,8 @@ import fastavro
 import pytest
 from pyspark.sql import SparkSession
 
+from local_checks import dlq_rows, silver_rows
+
 from lakehouse import avro, names
 from lakehouse.registry import SchemaRegistry, registry_from_settings
 from lakehouse.settings import Settings
@@ -53,16 +55,6 @@ def _not_yet_decodable(schema_id: int, i: int) -> bytes:
     return buf.getvalue()
 
 
-def _silver(spark: SparkSession, settings: Settings) -> list[tuple[int, str]]:
-    rows = spark.table(names.qualified(settings, names.silver_table(EX))).collect()
-    return sorted((r["bronze_offset"], r["trade_id"]) for r in rows)
-
-
-def _dlq(spark: SparkSession, settings: Settings) -> list[tuple[int, str, bool]]:
-    rows = spark.table(names.qualified(settings, names.DLQ_TABLE)).collect()
-    return sorted((r["bronze_offset"], r["error_type"], bool(r["replayed"])) for r in rows)
-
-
 def test_dlq_replay_after_a_topic_reset_writes_and_marks_by_record_not_by_lineage(isolated: Settings) -> None:
     spark = session(isolated, "dlq-replay-reset-test")
     registry = registry_from_settings(isolated)
@@ -77,8 +69,8 @@ def test_dlq_replay_after_a_topic_reset_writes_and_marks_by_record_not_by_lineag
     # The broker restarted on empty storage: offsets 0 and 1 again, a valid trade and garbage.
     _append(spark, isolated, [avro.encode(sid, avro.parsed_trade_schema(), trade(100, at_us)), b"\x05junk"], 0)
     run(spark, isolated, EX)
-    assert _silver(spark, isolated) == [(0, "100")]
-    assert _dlq(spark, isolated) == [(0, "unknown_schema_id", False), (1, "bad_magic_byte", False),
+    assert silver_rows(spark, isolated, EX) == [(0, "100")]
+    assert dlq_rows(spark, isolated) == [(0, "unknown_schema_id", False), (1, "bad_magic_byte", False),
                                      (1, "unknown_schema_id", False)]
     assert registry.register(subject, NEWER) == future_id  # the producer's schema gets registered
 
@@ -86,14 +78,14 @@ def test_dlq_replay_after_a_topic_reset_writes_and_marks_by_record_not_by_lineag
 
     assert summary.valid == 2 and summary.dead_lettered == {"bad_magic_byte": 1}
     # Trade 0 is written although Silver holds trade 100 at its lineage ...
-    assert _silver(spark, isolated) == [(0, "0"), (0, "100"), (1, "1")]
+    assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "100"), (1, "1")]
     # ... and the garbage at trade 1's lineage is not marked replayed with it.
-    assert _dlq(spark, isolated) == [(0, "unknown_schema_id", True), (1, "bad_magic_byte", False),
+    assert dlq_rows(spark, isolated) == [(0, "unknown_schema_id", True), (1, "bad_magic_byte", False),
                                      (1, "unknown_schema_id", True)]
 
     again = replay_dlq(spark, isolated, exchange=EX)  # idempotent: only the garbage is left to re-validate
     assert again.considered == 1 and again.valid == 0
-    assert _silver(spark, isolated) == [(0, "0"), (0, "100"), (1, "1")]
+    assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "100"), (1, "1")]
 
 
 def test_a_row_that_passes_but_is_not_written_to_silver_is_not_marked_replayed(
@@ -113,11 +105,11 @@ def test_a_row_that_passes_but_is_not_written_to_silver_is_not_marked_replayed(
     monkeypatch.setattr(replay, "_insert_passing", silver_write_skipped)
     skipped = replay_dlq(spark, isolated, exchange=EX)
 
-    assert skipped.valid == 3 and _silver(spark, isolated) == []
-    assert _dlq(spark, isolated) == [(i, "unknown_schema_id", False) for i in range(3)]  # still to replay
+    assert skipped.valid == 3 and silver_rows(spark, isolated, EX) == []
+    assert dlq_rows(spark, isolated) == [(i, "unknown_schema_id", False) for i in range(3)]  # still to replay
 
     monkeypatch.undo()
     written = replay_dlq(spark, isolated, exchange=EX)
 
-    assert written.valid == 3 and _silver(spark, isolated) == [(i, str(i)) for i in range(3)]
-    assert _dlq(spark, isolated) == [(i, "unknown_schema_id", True) for i in range(3)]
+    assert written.valid == 3 and silver_rows(spark, isolated, EX) == [(i, str(i)) for i in range(3)]
+    assert dlq_rows(spark, isolated) == [(i, "unknown_schema_id", True) for i in range(3)]

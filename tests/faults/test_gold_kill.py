@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from confluent_kafka import Producer
 
+from local_checks import assert_bars_match_gold
+
 from lakehouse import avro, names
 from lakehouse.bronze.run import run_bronze
 from lakehouse.catalog import load_catalog
@@ -42,28 +44,6 @@ N = 300  # trades per exchange per round
 STEP_US = 500_000
 SYMBOLS = {"binance": (("BTCUSDT", "USDT"), ("ETHUSDT", "USDT")), "kraken": (("BTC/USD", "USD"), ("ETH/USD", "USD"))}
 KILLED = 256 - 9  # spark-submit died of SIGKILL: the CLI exits with its -9 as a byte
-
-# The one-minute bars recomputed from Gold in plain SQL (window ranks for open/close, no min_by).
-BARS_SQL = """
-WITH t AS (
-  SELECT exchange, instrument, timestamp_micros(`timestamp` - `timestamp` % 60000000) AS minute,
-         price, quantity, side,
-         row_number() OVER (PARTITION BY exchange, instrument, `timestamp` DIV 60000000
-                            ORDER BY `timestamp`, source_sequence, length(trade_id), trade_id,
-                                     message_id) AS first_rank,
-         row_number() OVER (PARTITION BY exchange, instrument, `timestamp` DIV 60000000
-                            ORDER BY `timestamp` DESC, source_sequence DESC, length(trade_id) DESC, trade_id DESC,
-                                     message_id DESC) AS last_rank
-  FROM {gold})
-SELECT exchange, instrument, minute,
-       max(CASE WHEN first_rank = 1 THEN price END) AS open, max(price) AS high, min(price) AS low,
-       max(CASE WHEN last_rank = 1 THEN price END) AS close, sum(quantity) AS volume,
-       CAST(round(sum(price * quantity) / sum(quantity), 8) AS DECIMAL(18,8)) AS vwap, count(*) AS trade_count,
-       coalesce(sum(CASE WHEN side = 'BUY' THEN quantity END), 0) AS buy_volume,
-       coalesce(sum(CASE WHEN side = 'SELL' THEN quantity END), 0) AS sell_volume
-FROM t GROUP BY exchange, instrument, minute
-"""
-BAR_COLUMNS = "exchange, instrument, minute, open, high, low, close, volume, vwap, trade_count, buy_volume, sell_volume"
 
 
 def records(exchange: str, first: int, base_us: int, offset_us: int) -> list[dict[str, Any]]:
@@ -168,10 +148,7 @@ def test_kill_between_trades_and_bars_commits_then_rerun_heals_the_bars(isolated
     rows = spark.sql(f"SELECT count(*) AS n, count(DISTINCT message_id) AS ids FROM {gold}").first()
     assert (rows.n, rows.ids) == (2 * exchanges * N, 2 * exchanges * N)
     assert totals(spark, isolated) == (2 * exchanges * N, 2 * exchanges * N)
-    expected = spark.sql(BARS_SQL.format(gold=gold))
-    actual = spark.sql(f"SELECT {BAR_COLUMNS} FROM {ohlcv}")
-    assert expected.exceptAll(actual).collect() == []
-    assert actual.exceptAll(expected).collect() == []
+    assert_bars_match_gold(spark, isolated)
     # Volumes per (exchange, instrument, minute) equal the trades' sums, and every minute has one bar.
     volumes = spark.sql(f"SELECT exchange, instrument, timestamp_micros(`timestamp` - `timestamp` % 60000000) AS minute, "
                         f"sum(quantity) AS volume, count(*) AS trade_count FROM {gold} GROUP BY 1, 2, 3")

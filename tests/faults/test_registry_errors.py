@@ -7,16 +7,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pyarrow as pa
 import pytest
 
 from conftest import free_port
+from local_checks import http_server
 from lakehouse import avro, names
 from lakehouse.registry import (
     HttpSchemaRegistry,
@@ -86,14 +86,8 @@ class FakeRegistry(BaseHTTPRequestHandler):
 def serving(answers: dict[str, Answer] | None = None, store: LocalSchemaRegistry | None = None) -> Iterator[str]:
     """A :class:`FakeRegistry` on a free port in a thread; yields its root URL (no base path)."""
     handler = type("Handler", (FakeRegistry,), {"answers": answers or {}, "store": store})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(handler) as root:
+        yield root
 
 
 def test_confluent_schema_not_found_40403_is_an_unknown_schema_and_its_record_is_dead_lettered() -> None:

@@ -16,6 +16,8 @@ import pyarrow.compute as pc
 import pytest
 from pyspark.sql import SparkSession
 
+from local_checks import dlq_rows, silver_rows
+
 from lakehouse import avro, names
 from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings
@@ -45,16 +47,6 @@ def _trade(sid: int, i: int, at: dt.datetime) -> bytes:
     return avro.encode(sid, avro.parsed_trade_schema(), trade(i, int(at.timestamp() * 1_000_000) - 1_000_000))
 
 
-def _silver(spark: SparkSession, settings: Settings) -> list[tuple[int, str]]:
-    rows = spark.table(names.qualified(settings, names.silver_table(EX))).collect()
-    return sorted((r["bronze_offset"], r["trade_id"]) for r in rows)
-
-
-def _dlq(spark: SparkSession, settings: Settings) -> list[tuple[int, str, bool]]:
-    rows = spark.table(names.qualified(settings, names.DLQ_TABLE)).collect()
-    return sorted((r["bronze_offset"], r["error_type"], bool(r["replayed"])) for r in rows)
-
-
 def test_replay_silver_after_a_topic_reset_moves_each_record_once(isolated: Settings,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     spark = session(isolated, "silver-replay-reset-test")
@@ -66,8 +58,8 @@ def test_replay_silver_after_a_topic_reset_moves_each_record_once(isolated: Sett
     _append(spark, isolated, [_trade(sid, 100, T2), b"\x05other junk", _trade(sid, 102, T2)], 0, T2)
     run(spark, isolated, EX)
     _append(spark, isolated, [_trade(sid, 103, T2)], 3, T2)
-    assert _silver(spark, isolated) == [(0, "0"), (0, "100"), (1, "1"), (2, "102"), (3, "3")]
-    assert _dlq(spark, isolated) == [(1, "bad_magic_byte", False), (2, "bad_magic_byte", False)]
+    assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "100"), (1, "1"), (2, "102"), (3, "3")]
+    assert dlq_rows(spark, isolated) == [(1, "bad_magic_byte", False), (2, "bad_magic_byte", False)]
 
     # A stricter rule: the odd trades leave Silver for the DLQ, each by itself, not its lineage.
     monkeypatch.setattr(rules, "RULES", (*rules.RULES, ODD_RULE))
@@ -75,13 +67,13 @@ def test_replay_silver_after_a_topic_reset_moves_each_record_once(isolated: Sett
 
     assert stricter.considered == 7 and stricter.valid == 3  # trade 103 is left to the stream
     assert stricter.dead_lettered == {"odd_sequence": 2, "bad_magic_byte": 2}
-    assert _silver(spark, isolated) == [(0, "0"), (0, "100"), (2, "102")]
+    assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "100"), (2, "102")]
     after_stricter = [(1, "bad_magic_byte", False), (1, "odd_sequence", False), (2, "bad_magic_byte", False),
                       (3, "odd_sequence", False)]
-    assert _dlq(spark, isolated) == after_stricter
+    assert dlq_rows(spark, isolated) == after_stricter
     assert replay_silver(spark, isolated, EX, start=T1).considered == 7  # idempotent
-    assert _silver(spark, isolated) == [(0, "0"), (0, "100"), (2, "102")]
-    assert _dlq(spark, isolated) == after_stricter
+    assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "100"), (2, "102")]
+    assert dlq_rows(spark, isolated) == after_stricter
 
     # The rule is withdrawn: the trades return, and only their dead-letter rows are marked replayed
     # (the junk at trade 1's lineage stays current).
@@ -89,13 +81,13 @@ def test_replay_silver_after_a_topic_reset_moves_each_record_once(isolated: Sett
     withdrawn = replay_silver(spark, isolated, EX, start=T1)
 
     assert withdrawn.considered == 7 and withdrawn.valid == 5
-    assert _silver(spark, isolated) == [(0, "0"), (0, "100"), (1, "1"), (2, "102"), (3, "3")]
-    assert _dlq(spark, isolated) == [(1, "bad_magic_byte", False), (1, "odd_sequence", True),
+    assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "100"), (1, "1"), (2, "102"), (3, "3")]
+    assert dlq_rows(spark, isolated) == [(1, "bad_magic_byte", False), (1, "odd_sequence", True),
                                      (2, "bad_magic_byte", False), (3, "odd_sequence", True)]
 
     # The stream then writes the row it had not reached, once.
     assert run(spark, isolated, EX).read == 1
-    assert _silver(spark, isolated) == [(0, "0"), (0, "100"), (1, "1"), (2, "102"), (3, "103"), (3, "3")]
+    assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "100"), (1, "1"), (2, "102"), (3, "103"), (3, "3")]
 
 
 def test_replay_silver_when_the_new_topic_repeats_the_same_records(isolated: Settings,
@@ -112,20 +104,20 @@ def test_replay_silver_when_the_new_topic_repeats_the_same_records(isolated: Set
     run(spark, isolated, EX)
     _append(spark, isolated, values, 0, T2)
     run(spark, isolated, EX)
-    assert _silver(spark, isolated) == [(0, "0"), (0, "0"), (1, "1"), (1, "1")]
-    assert _dlq(spark, isolated) == [(2, "bad_magic_byte", False), (2, "bad_magic_byte", False)]
+    assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "0"), (1, "1"), (1, "1")]
+    assert dlq_rows(spark, isolated) == [(2, "bad_magic_byte", False), (2, "bad_magic_byte", False)]
 
     monkeypatch.setattr(rules, "RULES", (*rules.RULES, ODD_RULE))
     for _ in range(2):  # the second run is the idempotence check
         stricter = replay_silver(spark, isolated, EX, start=T1)
         assert stricter.considered == 6 and stricter.dead_lettered == {"odd_sequence": 2, "bad_magic_byte": 2}
-        assert _silver(spark, isolated) == [(0, "0"), (0, "0")]
-        assert _dlq(spark, isolated) == [(1, "odd_sequence", False), (2, "bad_magic_byte", False),
+        assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "0")]
+        assert dlq_rows(spark, isolated) == [(1, "odd_sequence", False), (2, "bad_magic_byte", False),
                                          (2, "bad_magic_byte", False)]
 
     monkeypatch.setattr(rules, "RULES", tuple(r for r in rules.RULES if r is not ODD_RULE))
     for _ in range(2):
         assert replay_silver(spark, isolated, EX, start=T1).valid == 4
-        assert _silver(spark, isolated) == [(0, "0"), (0, "0"), (1, "1")]
-        assert _dlq(spark, isolated) == [(1, "odd_sequence", True), (2, "bad_magic_byte", False),
+        assert silver_rows(spark, isolated, EX) == [(0, "0"), (0, "0"), (1, "1")]
+        assert dlq_rows(spark, isolated) == [(1, "odd_sequence", True), (2, "bad_magic_byte", False),
                                          (2, "bad_magic_byte", False)]

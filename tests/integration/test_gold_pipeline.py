@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from local_checks import BAR_COLUMNS, assert_bars_match_gold
+
 from lakehouse import names
 from lakehouse.gold import job
 from lakehouse.gold.plans import scan_metrics
@@ -33,29 +35,6 @@ HOUR_US = 3_600_000_000
 # A recent whole hour, so trades are "in the past and not older than a year" as Silver guarantees.
 H0 = (int(dt.datetime.now(dt.timezone.utc).timestamp()) // 3600 - 30) * HOUR_US
 
-# Independent recomputation of the one-minute bars from Gold, in plain SQL (window ranks, no min_by).
-BARS_SQL = """
-WITH t AS (
-  SELECT exchange, instrument, timestamp_micros(`timestamp` - `timestamp` % 60000000) AS minute,
-         price, quantity, side,
-         row_number() OVER (PARTITION BY exchange, instrument, `timestamp` DIV 60000000
-                            ORDER BY `timestamp`, source_sequence, length(trade_id), trade_id,
-                                     message_id) AS first_rank,
-         row_number() OVER (PARTITION BY exchange, instrument, `timestamp` DIV 60000000
-                            ORDER BY `timestamp` DESC, source_sequence DESC, length(trade_id) DESC, trade_id DESC,
-                                     message_id DESC) AS last_rank
-  FROM {gold})
-SELECT exchange, instrument, minute,
-       max(CASE WHEN first_rank = 1 THEN price END) AS open, max(price) AS high, min(price) AS low,
-       max(CASE WHEN last_rank = 1 THEN price END) AS close, sum(quantity) AS volume,
-       CAST(round(sum(price * quantity) / sum(quantity), 8) AS DECIMAL(18,8)) AS vwap, count(*) AS trade_count,
-       coalesce(sum(CASE WHEN side = 'BUY' THEN quantity END), 0) AS buy_volume,
-       coalesce(sum(CASE WHEN side = 'SELL' THEN quantity END), 0) AS sell_volume
-FROM t GROUP BY exchange, instrument, minute
-"""
-BAR_COLUMNS = "exchange, instrument, minute, open, high, low, close, volume, vwap, trade_count, buy_volume, sell_volume"
-
-
 def append_silver(spark: SparkSession, settings: Settings, exchange: str, records: list[dict[str, Any]]) -> None:
     silver_frame(spark, records).writeTo(names.qualified(settings, names.silver_table(exchange))).append()
 
@@ -70,17 +49,6 @@ def kraken(trade_id: int, ts: int, **kw: Any) -> dict[str, Any]:
 
 def gold_rows(spark: SparkSession, settings: Settings) -> list[Any]:
     return spark.table(names.qualified(settings, names.GOLD_TABLE)).collect()
-
-
-def assert_bars_match_gold(spark: SparkSession, settings: Settings) -> int:
-    """Every bar equals the plain-SQL recomputation from Gold, and every Gold minute has a bar."""
-    gold = names.qualified(settings, names.GOLD_TABLE)
-    ohlcv = names.qualified(settings, names.OHLCV_TABLE)
-    expected = spark.sql(BARS_SQL.format(gold=gold))
-    actual = spark.sql(f"SELECT {BAR_COLUMNS} FROM {ohlcv}")
-    assert expected.exceptAll(actual).collect() == []
-    assert actual.exceptAll(expected).collect() == []
-    return actual.count()
 
 
 def checkpoint_dir(settings: Settings, exchange: str) -> Path:

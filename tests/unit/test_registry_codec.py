@@ -5,13 +5,14 @@ from __future__ import annotations
 import decimal
 import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import fastavro
 import pytest
+
+from local_checks import http_server
 
 from lakehouse import avro
 from lakehouse.registry import (
@@ -90,14 +91,8 @@ class _FakeConfluent(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def confluent_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeConfluent)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_FakeConfluent) as root:
+        yield root
 
 
 def test_http_registry_speaks_confluent_rest(confluent_url: str) -> None:

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +26,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from lakehouse import broker
 from lakehouse.bronze.errors import KafkaReadError, KafkaUnavailableError, TopicMissingError
 from lakehouse.bronze.planning import OffsetRange, Watermarks, fixed_end, tail_start
+
+if TYPE_CHECKING:
+    from lakehouse.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,10 @@ def partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     return sorted(meta.partitions)
 
 
-def topic_id(bootstrap: str, topic: str, timeout_s: float) -> str | None:
-    """The topic's id: which incarnation of the topic the run reads (None where the broker has none)."""
+def topic_id(settings: Settings, topic: str) -> str | None:
+    """Which incarnation of the topic the run reads (:func:`lakehouse.broker.current_topic_ids`)."""
     try:
-        return broker.topic_ids(bootstrap, [topic], timeout_s).get(topic)
+        return broker.current_topic_ids(settings, [topic], settings.bronze_kafka_timeout_s).get(topic)
     except KafkaException as err:
         raise KafkaUnavailableError(f"cannot describe topic {topic}: {_kafka_error(err)}") from err
 

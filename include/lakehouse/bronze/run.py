@@ -160,7 +160,7 @@ class BronzeRun:
         s = self.settings
         iceberg.refresh(self.spark, s, self.exchange)
         self.committed = iceberg.committed_offsets(self.spark, s, self.exchange, self.topic)
-        self.topic_id = kafka.topic_id(s.bootstrap_servers, self.topic, s.bronze_kafka_timeout_s)
+        self.topic_id = kafka.topic_id(s, self.topic)
         self.marks = kafka.watermarks(s.bootstrap_servers, names.bronze_reader_group(self.exchange), self.topic,
                                       s.bronze_kafka_timeout_s)
         # Every planned record was in Kafka before this moment, so none carries a timestamp (Kafka's,

@@ -110,7 +110,7 @@ def kafka_behind(settings: Settings, exchange: str) -> str | None:
         return "no offsets on the table's remaining snapshots"
     try:
         recorded = iceberg.recorded_topic_id(table, found_in)
-        current = kafka.topic_id(settings.bootstrap_servers, topic, settings.bronze_kafka_timeout_s)
+        current = kafka.topic_id(settings, topic)
         if recorded is not None and current is not None and recorded != current:
             return f"new incarnation of topic {topic} (id {recorded} -> {current})"
         marks = kafka.watermarks(settings.bootstrap_servers, names.bronze_reader_group(exchange), topic,
