@@ -1,22 +1,17 @@
 """Checks and stand-ins several test tiers share (importable as ``local_checks``: ``tests/`` is on
 the path, as for ``conftest``): the plain-SQL recomputation of Gold's minute bars, a local HTTP
-server, the rows of Silver and the dead-letter table by lineage, and valid trades produced to Kafka."""
+server, and the rows of Silver and the dead-letter table by lineage."""
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Producer
-
-from lakehouse import avro, names
-from lakehouse.registry import registry_from_settings
+from lakehouse import names
 from lakehouse.settings import Settings
-from lakehouse.silver.synthetic import trade
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -79,15 +74,3 @@ def dlq_rows(spark: SparkSession, settings: Settings) -> list[tuple[int, str, bo
     """(Bronze offset, error type, replayed) of every dead-letter row."""
     rows = spark.table(names.qualified(settings, names.DLQ_TABLE)).collect()
     return sorted((r["bronze_offset"], r["error_type"], bool(r["replayed"])) for r in rows)
-
-
-def produce_trades(settings: Settings, exchange: str, trade_ids: range) -> None:
-    """Valid trades (Avro, the registered schema) to ``exchange``'s topic, spread over its partitions."""
-    topic = names.topic(settings, exchange)
-    schema_id, _ = registry_from_settings(settings).latest(names.value_subject(topic))
-    parsed = avro.parsed_trade_schema()
-    at = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000) - 20_000_000
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
-    for i in trade_ids:
-        producer.produce(topic, avro.encode(schema_id, parsed, trade(i, at)), partition=i % settings.topic_partitions)
-    assert producer.flush(30) == 0
