@@ -1,16 +1,19 @@
 """Checks and stand-ins several test tiers share (importable as ``local_checks``: ``tests/`` is on
 the path, as for ``conftest``): the plain-SQL recomputation of Gold's minute bars, a local HTTP
-server, and the rows of Silver and the dead-letter table by lineage."""
+server, the rows of Silver and the dead-letter table by lineage, and Avro values in the wire format."""
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from lakehouse import names
+import fastavro
+
+from lakehouse import avro, names
 from lakehouse.settings import Settings
 
 if TYPE_CHECKING:
@@ -74,3 +77,12 @@ def dlq_rows(spark: SparkSession, settings: Settings) -> list[tuple[int, str, bo
     """(Bronze offset, error type, replayed) of every dead-letter row."""
     rows = spark.table(names.qualified(settings, names.DLQ_TABLE)).collect()
     return sorted((r["bronze_offset"], r["error_type"], bool(r["replayed"])) for r in rows)
+
+
+def encode_with(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    """``record`` in the Confluent wire format under ``schema_id``, written with ``schema`` (which
+    may be one the registry does not hold: the record is then an unknown-schema dead letter)."""
+    buf = io.BytesIO()
+    buf.write(avro.HEADER.pack(avro.MAGIC_BYTE, schema_id))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return buf.getvalue()

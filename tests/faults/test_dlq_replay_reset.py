@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import io
 from typing import Any
 
-import fastavro
 import pytest
 from pyspark.sql import SparkSession
 
-from local_checks import dlq_rows, silver_rows
+from local_checks import dlq_rows, encode_with, silver_rows
 
 from lakehouse import avro, names
 from lakehouse.registry import SchemaRegistry, registry_from_settings
@@ -49,10 +47,7 @@ def _future_id(registry: SchemaRegistry) -> int:
 def _not_yet_decodable(schema_id: int, i: int) -> bytes:
     """Trade ``i`` written with a schema id the registry does not know yet: dead-lettered as unknown."""
     at_us = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000) - 60_000_000
-    buf = io.BytesIO()
-    buf.write(avro.HEADER.pack(avro.MAGIC_BYTE, schema_id))
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(NEWER), {**trade(i, at_us), "venue": "spot"})
-    return buf.getvalue()
+    return encode_with(schema_id, NEWER, {**trade(i, at_us), "venue": "spot"})
 
 
 def test_dlq_replay_after_a_topic_reset_writes_and_marks_by_record_not_by_lineage(isolated: Settings) -> None:

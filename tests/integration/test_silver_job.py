@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-import io
 import os
 import random
 import subprocess
@@ -14,11 +13,11 @@ import sys
 from decimal import Decimal
 from typing import Any
 
-import fastavro
 import pytest
 from pyspark.sql import SparkSession
 
 from conftest import free_port
+from local_checks import encode_with
 from lakehouse import avro, names
 from lakehouse.registry import RegistryUnavailableError, registry_from_settings
 from lakehouse.settings import Settings
@@ -39,13 +38,6 @@ def _register(settings: Settings, schema: dict[str, Any] | None = None) -> int:
                                                      schema or avro.load_schema())
 
 
-def _encode_with(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    buf.write(avro.HEADER.pack(avro.MAGIC_BYTE, schema_id))
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
-    return buf.getvalue()
-
-
 def mixed_values(sid: int, newer_sid: int, now: dt.datetime, first: int = 0) -> list[tuple[bytes | None, str | None]]:
     """(Kafka value, expected error_type or None for a valid trade): trades, rule breakers, garbage."""
     at = int(now.timestamp() * 1_000_000) - 30_000_000
@@ -58,7 +50,7 @@ def mixed_values(sid: int, newer_sid: int, now: dt.datetime, first: int = 0) -> 
     good = enc(99)
     return [
         *[(enc(i), None) for i in range(6)],
-        (_encode_with(newer_sid, NEWER, {**trade(first + 6, at), "venue": "spot"}), None),  # newer schema
+        (encode_with(newer_sid, NEWER, {**trade(first + 6, at), "venue": "spot"}), None),  # newer schema
         (enc(7, price=Decimal(0)), "invalid_price"),
         (enc(8, quantity=Decimal("-1")), "invalid_quantity"),
         (enc(9, symbol=""), "missing_symbol"),

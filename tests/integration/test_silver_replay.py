@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import io
 import json
 import os
 import subprocess
 import sys
 from typing import Any
 
-import fastavro
 import pyarrow.compute as pc
 import pytest
 from pyspark.sql import SparkSession
 
+from local_checks import encode_with
 from lakehouse import avro, names
 from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings
@@ -114,13 +113,6 @@ def test_replay_silver_rejects_an_empty_range(isolated: Settings) -> None:
         replay_silver(spark, isolated, EX, start=at, end=at)
 
 
-def _encode_with(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    buf.write(avro.HEADER.pack(avro.MAGIC_BYTE, schema_id))
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
-    return buf.getvalue()
-
-
 def test_dlq_replay_moves_rows_that_now_decode_into_silver_once(isolated: Settings) -> None:
     spark = session(isolated, "silver-replay-test")
     registry = registry_from_settings(isolated)
@@ -130,7 +122,7 @@ def test_dlq_replay_moves_rows_that_now_decode_into_silver_once(isolated: Settin
     future_id = registry.register("probe-value", probe) + 1  # the local registry hands out ids in order
     now = dt.datetime.now(dt.timezone.utc)
     at_us = int(now.timestamp() * 1_000_000) - 1_000_000
-    early = [_encode_with(future_id, NEWER, {**trade(i, at_us), "venue": "spot"}) for i in range(3)]
+    early = [encode_with(future_id, NEWER, {**trade(i, at_us), "venue": "spot"}) for i in range(3)]
     breakers = _trades(sid, 3, 2, now, asset_class="fx")
     _append(spark, isolated, early + breakers, 0, now)
     run(spark, isolated, EX)
