@@ -31,6 +31,9 @@ with DAG(
     description="Manual: replay dead-letter rows of one error type through Silver validation",
     doc_md=__doc__,
     **manual_dag_kwargs(settings),
+    # Triggered by hand (README, UI): a paused DAG would leave the run queued forever, and the
+    # Airflow home pauses new DAGs at creation.
+    is_paused_upon_creation=False,
     tags=[TAG, "dlq", "manual", "replay"],
     params={
         "error_type": Param(type="string", pattern=ERROR_TYPE_PATTERN,

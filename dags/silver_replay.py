@@ -32,6 +32,9 @@ with DAG(
     description="Manual: rebuild Silver from Bronze for one exchange and time range",
     doc_md=__doc__,
     **manual_dag_kwargs(settings),
+    # Triggered by hand (README, UI): a paused DAG would leave the run queued forever, and the
+    # Airflow home pauses new DAGs at creation.
+    is_paused_upon_creation=False,
     tags=[TAG, "silver", "manual", "replay"],
     params={
         "exchange": Param(settings.exchanges[0], type="string", enum=list(settings.exchanges),

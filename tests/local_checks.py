@@ -1,9 +1,11 @@
 """Checks and stand-ins several test tiers share (importable as ``local_checks``: ``tests/`` is on
 the path, as for ``conftest``): the plain-SQL recomputation of Gold's minute bars, a local HTTP
-server, the rows of Silver and the dead-letter table by lineage, and Avro values in the wire format."""
+server, the rows of Silver and the dead-letter table by lineage, Avro values in the wire format, and
+valid trades produced to Kafka."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import threading
 from collections.abc import Iterator
@@ -12,9 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import fastavro
+from confluent_kafka import Producer
 
 from lakehouse import avro, names
+from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings
+from lakehouse.silver.synthetic import trade
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -86,3 +91,15 @@ def encode_with(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) 
     buf.write(avro.HEADER.pack(avro.MAGIC_BYTE, schema_id))
     fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
     return buf.getvalue()
+
+
+def produce_trades(settings: Settings, exchange: str, trade_ids: range) -> None:
+    """Valid trades (Avro, the registered schema) to ``exchange``'s topic, spread over its partitions."""
+    topic = names.topic(settings, exchange)
+    schema_id, _ = registry_from_settings(settings).latest(names.value_subject(topic))
+    parsed = avro.parsed_trade_schema()
+    at = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000) - 20_000_000
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    for i in trade_ids:
+        producer.produce(topic, avro.encode(schema_id, parsed, trade(i, at)), partition=i % settings.topic_partitions)
+    assert producer.flush(30) == 0

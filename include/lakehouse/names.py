@@ -14,6 +14,7 @@ NAMESPACE = "market_data"
 LAYERS = ("bronze", "silver", "gold")
 
 DLQ_TABLE = f"{NAMESPACE}.silver_dlq_trades"
+DLQ_ARCHIVE_TABLE = f"{NAMESPACE}.silver_dlq_trades_archive"
 GOLD_TABLE = f"{NAMESPACE}.gold_crypto_trades"
 OHLCV_TABLE = f"{NAMESPACE}.gold_ohlcv_1m"
 AUDIT_TABLE = f"{NAMESPACE}.pipeline_audit"
@@ -60,7 +61,7 @@ def all_tables(settings: Settings) -> list[str]:
     tables: list[str] = []
     for exchange in settings.exchanges:
         tables += [bronze_table(exchange), silver_table(exchange)]
-    return tables + [DLQ_TABLE, GOLD_TABLE, OHLCV_TABLE, AUDIT_TABLE]
+    return tables + [DLQ_TABLE, DLQ_ARCHIVE_TABLE, GOLD_TABLE, OHLCV_TABLE, AUDIT_TABLE]
 
 
 def qualified(settings: Settings, table: str) -> str:
@@ -75,6 +76,8 @@ GOLD_DAG = "gold_aggregation"
 LAYER_DAGS = {"bronze": BRONZE_DAG, "silver": SILVER_DAG, "gold": GOLD_DAG}
 SILVER_REPLAY_DAG = "silver_replay"
 DLQ_REPLAY_DAG = "dlq_replay"
+MAINTENANCE_DAG = "iceberg_maintenance"
+DLQ_RETENTION_DAG = "dlq_retention"
 # Pool bounding concurrent Spark applications (slots: settings.airflow_spark_pool_slots).
 SPARK_POOL = "lakehouse_spark"
 SPARK_CONN_ID = "spark_default"

@@ -33,6 +33,8 @@ class SettingsError(ValueError):
 
 # Settings that no longer exist, and what replaced them: named in the error instead of "unknown".
 REMOVED = {
+    "dlq_retention_days": "dead letters are archived after LAKEHOUSE_DLQ_ARCHIVE_DAYS and purged after "
+                          "LAKEHOUSE_DLQ_PURGE_DAYS",
     "bronze_accept_data_loss": "accepting a data loss is a one-time act now: run 'lakehouse run bronze --exchange X "
                                "--accept-data-loss', or trigger bronze_ingestion with {\"accept_data_loss\": true}",
 }
@@ -98,8 +100,16 @@ class Settings:
     silver_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Silver (files per micro-batch).", 200)
     gold_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Gold (files per micro-batch).", 200)
     gold_watermark_minutes: int = _doc("Event-time window in which Gold dedupes cheaply in-batch.", 5)
-    dlq_retention_days: int = _doc("Dead-letter rows older than this are archived then purged.", 30)
-    snapshot_retention_hours: int = _doc("Snapshots older than this are expired by maintenance.", 24)
+    # --- maintenance (issue 13) ----------------------------------------------------------------
+    maintenance_schedule: str = _doc("Schedule of the iceberg_maintenance DAG (cron or Airflow preset).", "@hourly")
+    dlq_retention_schedule: str = _doc("Schedule of the dlq_retention DAG (cron or Airflow preset).", "@daily")
+    snapshot_retention_hours: int = _doc("Snapshots older than this are expired by maintenance (never one a "
+                                         "downstream stream still needs).", 24)
+    snapshot_retain_last: int = _doc("Snapshots every table keeps whatever their age.", 100)
+    orphan_min_age_hours: float = _doc("Files no snapshot references are deleted once older than this; must exceed "
+                                       "the longest task timeout plus a margin.", 72.0)
+    dlq_archive_days: int = _doc("Dead-letter rows older than this move to silver_dlq_trades_archive.", 30)
+    dlq_purge_days: int = _doc("Archived dead-letter rows older than this are deleted, files included.", 90)
     # --- producers -----------------------------------------------------------------------
     producer_rate: float = _doc("Default replay rate in trades/s per exchange for 'make run'.", 200.0)
     producer_compression: str = _doc("Kafka producer compression codec.", "zstd")
@@ -294,6 +304,8 @@ BRONZE_CRASH_POINTS = ("", "before_write", "after_write", "after_commit")
 # Where a Silver batch fails on purpose when LAKEHOUSE_SILVER_FAULT_INJECTION is set (issue 5).
 SILVER_FAULT_POINTS = ("", "after_silver", "after_both")
 GOLD_CRASH_POINTS = ("", "after_trades")
+# Orphan files younger than the longest task timeout plus this are never deleted.
+ORPHAN_AGE_MARGIN_S = 3600
 
 
 def _validate(s: Settings) -> None:
@@ -306,8 +318,8 @@ def _validate(s: Settings) -> None:
     for positive in ("topic_partitions", "topic_replication", "spark_shuffle_partitions",
                      "bronze_max_records_per_run", "bronze_records_per_task", "silver_max_files_per_batch",
                      "gold_max_files_per_batch", "airflow_parallelism", "airflow_spark_pool_slots",
-                     "deadline_bronze_s", "deadline_silver_s", "deadline_gold_s", "dlq_retention_days",
-                     "snapshot_retention_hours"):
+                     "deadline_bronze_s", "deadline_silver_s", "deadline_gold_s", "dlq_archive_days",
+                     "dlq_purge_days", "snapshot_retention_hours", "snapshot_retain_last", "orphan_min_age_hours"):
         if getattr(s, positive) <= 0:
             raise bad(positive, "must be greater than zero")
     if s.max_clock_skew_s < 0:
@@ -334,6 +346,14 @@ def _validate(s: Settings) -> None:
             raise bad(positive, "must be greater than zero")
     if s.airflow_max_retry_delay_s < s.airflow_retry_delay_s:
         raise bad("airflow_max_retry_delay_s", "must not be smaller than LAKEHOUSE_AIRFLOW_RETRY_DELAY_S")
+    # Maintenance (issue 13)
+    if s.dlq_purge_days <= s.dlq_archive_days:
+        raise bad("dlq_purge_days", f"must be greater than LAKEHOUSE_DLQ_ARCHIVE_DAYS ({s.dlq_archive_days})")
+    shortest_orphan_age_s = max(s.airflow_task_timeout_s, s.airflow_replay_timeout_s) + ORPHAN_AGE_MARGIN_S
+    if s.orphan_min_age_hours * 3600 < shortest_orphan_age_s:
+        raise bad("orphan_min_age_hours", f"must be at least {shortest_orphan_age_s / 3600:.2f} hours (the longest "
+                  f"task timeout plus {ORPHAN_AGE_MARGIN_S // 3600} h): a file a running job is writing must never "
+                  f"be deleted")
     # Silver (issue 5)
     for positive in ("silver_max_rows_per_batch", "silver_poll_interval_s", "silver_rows_per_file",
                      "silver_split_size_mb"):

@@ -168,7 +168,8 @@ class SubmitSpec:
         return cmd + [self.application, *self.application_args]
 
 
-JOBS = {"bronze": "bronze_job.py", "silver": "silver_job.py", "gold": "gold_job.py"}
+JOBS = {"bronze": "bronze_job.py", "silver": "silver_job.py", "gold": "gold_job.py",
+        "maintenance": "maintenance_job.py"}
 
 
 def submit_spec(settings: Settings, job: str, args: list[str] | None = None, name: str | None = None) -> SubmitSpec:

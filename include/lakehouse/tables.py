@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, TableAlreadyExistsError
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.transforms import DayTransform, IdentityTransform, Transform
+from pyiceberg.transforms import DayTransform, IdentityTransform, MonthTransform, Transform
 from pyiceberg.types import (
     BinaryType,
     BooleanType,
@@ -211,6 +211,24 @@ DLQ_DEF = TableDef(
                   ("error_type", IdentityTransform())),
 )
 
+DLQ_ARCHIVE_DEF = TableDef(
+    name=names.DLQ_ARCHIVE_TABLE,
+    doc="Dead-letter rows past their hot retention (lakehouse.silver.retention), kept until purged",
+    columns=DLQ_DEF.columns + (
+        Column("archived_at", TimestamptzType(), required=True, doc="When the row left silver_dlq_trades"),
+    ),
+    # Month partitions: the archive is read rarely and purged by whole months (metadata-only deletes).
+    partition_by=(("dlq_date", MonthTransform()),),
+    properties={
+        # Written once a day, read almost never: spend CPU on smaller files (the default level is 3).
+        "write.parquet.compression-level": "12",
+        # Purged rows must leave the files, never linger behind delete files.
+        "write.delete.mode": "copy-on-write",
+        "write.update.mode": "copy-on-write",
+        "write.merge.mode": "copy-on-write",
+    },
+)
+
 GOLD_DEF = TableDef(
     name=names.GOLD_TABLE,
     doc="Gold: every valid trade of every exchange once, hourly partitions",
@@ -270,7 +288,7 @@ def table_defs(settings: Settings) -> list[TableDef]:
     defs: list[TableDef] = []
     for exchange in settings.exchanges:
         defs += [bronze_def(exchange), silver_def(exchange)]
-    return defs + [DLQ_DEF, GOLD_DEF, OHLCV_DEF, AUDIT_DEF]
+    return defs + [DLQ_DEF, DLQ_ARCHIVE_DEF, GOLD_DEF, OHLCV_DEF, AUDIT_DEF]
 
 
 def table_def(settings: Settings, name: str) -> TableDef:

@@ -21,6 +21,8 @@ from lakehouse.settings import load_settings
 
 LAYER_DAGS = {names.BRONZE_DAG: "bronze", names.SILVER_DAG: "silver", names.GOLD_DAG: "gold"}
 MANUAL_DAGS = {names.SILVER_REPLAY_DAG, names.DLQ_REPLAY_DAG}
+# Scheduled housekeeping DAGs (neither a layer nor manual).
+HOUSEKEEPING_DAGS = {names.DLQ_RETENTION_DAG, names.MAINTENANCE_DAG}
 NOTIFIER = "lakehouse.orchestration.notify.LakehouseNotifier"
 
 # Runs in a fresh interpreter: every way to reach the network or a database raises, then each DAG
@@ -68,13 +70,13 @@ def test_dag_files_import_without_network_or_database(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
-    assert {dag_id for ids in result.values() for dag_id in ids} == set(LAYER_DAGS) | MANUAL_DAGS
+    assert {dag_id for ids in result.values() for dag_id in ids} == set(LAYER_DAGS) | MANUAL_DAGS | HOUSEKEEPING_DAGS
     assert all(len(ids) == 1 for ids in result.values()), result
 
 
 def test_dagbag_loads_every_dag_without_errors(dagbag: Any) -> None:  # noqa: F811
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == set(LAYER_DAGS) | MANUAL_DAGS
+    assert set(dagbag.dag_ids) == set(LAYER_DAGS) | MANUAL_DAGS | HOUSEKEEPING_DAGS
 
 
 def test_every_dag_has_tags_owner_docs_retries_timeout_pool_and_failure_alert(dagbag: Any) -> None:  # noqa: F811
@@ -194,3 +196,84 @@ def test_deadline_interval_follows_the_setting(airflow_home: Path, monkeypatch: 
     [dag] = [v for v in namespace.values() if isinstance(v, DAG)]
     assert dag.deadline[0].interval == dt.timedelta(seconds=45)
     assert dag.deadline[0].callback.kwargs["deadline_s"] == 45
+
+
+def test_every_dag_runs_when_triggered_not_left_paused(dagbag: Any) -> None:  # noqa: F811
+    """A run of a paused DAG stays queued forever. The project's Airflow home pauses new DAGs
+    (``DAGS_ARE_PAUSED_AT_CREATION``), so every DAG must be created unpaused or be unpaused by
+    ``make run`` (the layer DAGs, which would otherwise start running with any Airflow process)."""
+    from lakehouse.orchestration.environment import LAYER_DAG_IDS
+
+    assert set(LAYER_DAG_IDS) == set(LAYER_DAGS)
+    for dag_id, dag in dagbag.dags.items():
+        if dag_id in LAYER_DAG_IDS:
+            continue
+        assert dag.is_paused_upon_creation is False, f"{dag_id} is created paused; its triggered runs stay queued"
+    assert MANUAL_DAGS <= set(dagbag.dags)
+
+
+def test_dlq_retention_runs_daily_unpaused_as_one_command(dagbag: Any) -> None:  # noqa: F811
+    from lakehouse.orchestration.operators import LakehouseCommandOperator
+
+    settings = load_settings()
+    dag = dagbag.dags[names.DLQ_RETENTION_DAG]
+    assert dag.schedule == settings.dlq_retention_schedule == "@daily"
+    assert dag.is_paused_upon_creation is False and not dag.deadline
+    [task] = dag.tasks
+    assert isinstance(task, LakehouseCommandOperator) and task.arguments == ["dlq", "retention"]
+    assert {a.uri for a in task.outlets} == {names.asset_uri(settings, t) for t in
+                                             (names.DLQ_TABLE, names.DLQ_ARCHIVE_TABLE, names.AUDIT_TABLE)}
+
+
+def test_maintenance_dag_runs_unpaused_on_its_schedule_one_spark_task_per_table(dagbag: Any) -> None:  # noqa: F811
+    from lakehouse.orchestration.operators import LakehouseSparkSubmitOperator
+    from lakehouse.tables import table_defs
+
+    settings = load_settings()
+    dag = dagbag.dags[names.MAINTENANCE_DAG]
+    assert dag.schedule == settings.maintenance_schedule == "@hourly"
+    assert dag.is_paused_upon_creation is False
+    assert "maintenance" in dag.tags and "dags trigger iceberg_maintenance" in dag.doc_md
+    tables = [d.name for d in table_defs(settings)]
+    assert dag.task_ids == [t.rpartition(".")[2] for t in tables]
+    for task, table in zip(dag.tasks, tables):
+        assert isinstance(task, LakehouseSparkSubmitOperator), task.task_id
+        assert task.job == "maintenance" and task.job_args == ["--table", table], task.task_id
+        assert task.check_pending is False, task.task_id  # never skipped for lack of new upstream data
+        assert task.trigger_rule == "all_done", task.task_id  # one table's failure does not stop the next
+        assert task.execution_timeout <= dt.timedelta(hours=settings.orphan_min_age_hours), task.task_id
+
+
+def test_maintenance_schedule_follows_the_setting(airflow_home: Path,  # noqa: F811
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import DAG
+
+    monkeypatch.setenv("LAKEHOUSE_MAINTENANCE_SCHEDULE", "15 */6 * * *")
+    namespace = runpy.run_path(str(DAGS_FOLDER / "iceberg_maintenance.py"), run_name="dag_file")
+    [dag] = [v for v in namespace.values() if isinstance(v, DAG)]
+    assert dag.schedule == "15 */6 * * *"
+
+
+def test_maintenance_task_submits_its_tables_job_without_the_pending_check(dagbag: Any,  # noqa: F811
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    from lakehouse.orchestration import pending
+    from lakehouse.orchestration.environment import spark_connection
+
+    settings = load_settings()
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", spark_connection(settings))
+    monkeypatch.setattr(pending, "pending_work", lambda s, layer: pytest.fail("maintenance checked pending work"))
+    captured: dict[str, Any] = {}
+
+    def fake_submit(hook: SparkSubmitHook, application: str = "", **kwargs: Any) -> None:
+        captured["argv"] = hook._build_spark_submit_command(application)
+
+    monkeypatch.setattr(SparkSubmitHook, "submit", fake_submit)
+    table = names.bronze_table(settings.exchanges[0])
+    dagbag.dags[names.MAINTENANCE_DAG].task_dict[table.rpartition(".")[2]].execute(context={})
+    argv = captured["argv"]
+    app = next(i for i, a in enumerate(argv) if a.endswith("maintenance_job.py"))
+    assert argv[app + 1:app + 3] == ["--table", table]
+    report = Path(argv[argv.index("--report") + 1])
+    assert report.parent == names.run_report_dir(settings, "maintenance") / table.rpartition(".")[2]

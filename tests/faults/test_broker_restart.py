@@ -5,24 +5,21 @@ reads each new one from offset 0, and records what the old one held that it neve
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
 import signal
 from typing import Any
 
 import psutil
 import pytest
-from confluent_kafka import Producer
+from local_checks import produce_trades
 
-from lakehouse import avro, broker, names, stack
+from lakehouse import broker, names, stack
 from lakehouse.bronze.errors import KafkaUnavailableError
 from lakehouse.bronze.run import INCARNATION_EVENT, run_bronze
 from lakehouse.cli import main as cli_main
 from lakehouse.gold import job as gold_job
-from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings
 from lakehouse.silver import job as silver_job
-from lakehouse.silver.synthetic import trade
 from lakehouse.spark import session
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -31,15 +28,7 @@ EX = "binance"
 
 
 def produce(settings: Settings, trade_ids: range) -> None:
-    """Valid trades (Avro, registered schema) spread over the topic's partitions."""
-    topic = names.topic(settings, EX)
-    schema_id, _ = registry_from_settings(settings).latest(names.value_subject(topic))
-    parsed = avro.parsed_trade_schema()
-    at = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000) - 20_000_000
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
-    for i in trade_ids:
-        producer.produce(topic, avro.encode(schema_id, parsed, trade(i, at)), partition=i % settings.topic_partitions)
-    assert producer.flush(30) == 0
+    produce_trades(settings, EX, trade_ids)
 
 
 def layers(spark: Any, settings: Settings) -> int:

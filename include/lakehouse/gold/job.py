@@ -41,13 +41,23 @@ class GoldConcurrentWriterError(GoldRunError, ConcurrentWriterError):
 
 
 def silver_stream(spark: SparkSession, settings: Settings, exchange: str) -> DataFrame:
-    """The Silver table of ``exchange`` as an Iceberg stream with Gold's admission cap."""
+    """The Silver table of ``exchange`` as an Iceberg stream with Gold's admission cap.
+
+    Only ``append`` snapshots carry rows for Gold (the Silver job's batches, the rows a replay
+    moves into Silver); compaction's ``replace`` snapshots are skipped by Iceberg itself. A Silver
+    replay's removal commits a ``delete`` or, copy-on-write, an ``overwrite`` snapshot: both add no
+    trade (an overwrite re-adds rows already streamed from their append), so they are skipped here
+    instead of failing the stream, and the replay removes those trades from Gold itself
+    (:func:`lakehouse.gold.writer.remove_trades`).
+    """
     from pyspark.errors import AnalysisException
 
     table = names.qualified(settings, names.silver_table(exchange))
     try:
         return (spark.readStream.format("iceberg")
                 .option("streaming-max-files-per-micro-batch", str(settings.gold_max_files_per_batch))
+                .option("streaming-skip-delete-snapshots", "true")
+                .option("streaming-skip-overwrite-snapshots", "true")
                 .load(table))
     except AnalysisException as err:
         raise GoldRunError(f"cannot read {table}: {str(err).splitlines()[0]} (run 'lakehouse up')") from err

@@ -367,3 +367,54 @@ class GoldBatchWriter:
         except Exception as err:  # re-raised at once; kept so the run can name the cause, not a JVM wrapper
             self.failure = err
             raise
+
+
+def remove_trades(spark: SparkSession, settings: Settings, silver_rows: DataFrame, label: str = "") -> int:
+    """Delete the trades of ``silver_rows`` (Silver-shaped, matched on message_id) from Gold and
+    recompute the bars of their minutes; return how many Gold rows were deleted.
+
+    For trades a Silver replay moved out of Silver: Gold's Silver stream skips delete and overwrite
+    snapshots, so the removal reaches Gold only this way. Idempotent: a rerun deletes nothing more
+    and rewrites the same bars; a minute left without trades loses its bar.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    gold = names.qualified(settings, names.GOLD_TABLE)
+    ohlcv = names.qualified(settings, names.OHLCV_TABLE)
+    projected = (to_gold(silver_rows).select("message_id", "exchange", "instrument", "timestamp",
+                                             "exchange_date", "exchange_hour")
+                 .dropDuplicates(["message_id"]).persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        groups = (projected.groupBy("exchange", "exchange_date", "exchange_hour")
+                  .agg(F.min("timestamp").alias("lo"), F.max("timestamp").alias("hi")).collect())
+        if not groups:
+            return 0
+        scope = BatchScope(tuple(Slice(g.exchange, g.exchange_date, g.exchange_hour, int(g.lo), int(g.hi))
+                                 for g in sorted(groups, key=lambda g: (g.exchange, g.exchange_date, g.exchange_hour))))
+        held = (spark.table(gold).where(scope.gold_predicate())
+                .join(projected.select("message_id"), "message_id", "left_semi").count())
+        if held:
+            view = _temp_view(projected.select("message_id"), "gold_removed")
+            try:
+                spark.sql(f"MERGE INTO {gold} t USING {view} s "
+                          f"ON t.message_id = s.message_id AND {scope.gold_predicate('t')} WHEN MATCHED THEN DELETE")
+            finally:
+                spark.catalog.dropTempView(view)
+        merge_bars(spark, settings, projected, scope, label)
+        # Minutes with no trade left: their bars go (the upsert above only writes minutes that have trades).
+        keys = projected.select("exchange", "instrument", minute_of(F.col("timestamp")).alias("minute")).distinct()
+        left = (spark.table(gold).where(scope.gold_predicate(whole_minutes=True))
+                .select("exchange", "instrument", minute_of(F.col("timestamp")).alias("minute")).distinct())
+        empty = keys.join(left, ["exchange", "instrument", "minute"], "left_anti")
+        view = _temp_view(empty, "gold_empty_minutes")
+        try:
+            spark.sql(f"MERGE INTO {ohlcv} t USING {view} s "
+                      "ON t.exchange = s.exchange AND t.instrument = s.instrument AND t.minute = s.minute "
+                      f"AND {scope.bars_predicate('t')} WHEN MATCHED THEN DELETE")
+        finally:
+            spark.catalog.dropTempView(view)
+    finally:
+        projected.unpersist()
+    log.info("removed %s trades from Gold (%s)", held, label or "removed from Silver")
+    return int(held)

@@ -156,3 +156,33 @@ def command_task(task_id: str, arguments: list[str], tables: list[str], settings
     """A task running ``lakehouse <arguments>`` (manual operations such as replays)."""
     return LakehouseCommandOperator(task_id=task_id, arguments=arguments, doc_md=doc_md,
                                     outlets=[table_asset(settings, t) for t in tables])
+
+
+_MAINTENANCE_TASK_DOC = """\
+Iceberg maintenance of `{table}` in one Spark application (`spark_default` connection, pool
+`{pool}`): compaction of closed partitions, manifest rewrite, snapshot expiry, orphan file removal;
+the same as `lakehouse maintain --table {table}` from a shell. Never skipped (no pending-work check).
+
+The task log holds one structured line per operation: files rewritten, snapshots expired, snapshots
+kept back for a downstream stream (and why), orphan files deleted.
+
+On failure: read the log, fix the cause, *Clear* the task; every operation is safe to repeat.
+"""
+
+
+def maintenance_task(settings: Settings, table: str) -> LakehouseSparkSubmitOperator:
+    """The maintenance task of one table (``lakehouse.maintenance`` through spark-submit).
+
+    Its timeout is the longest validated one (``orphan_min_age_hours`` must exceed it), and it
+    runs whatever happened to the task before it (``all_done``): one table's failure does not
+    leave the others unmaintained.
+    """
+    return LakehouseSparkSubmitOperator(
+        task_id=table.rpartition(".")[2],
+        job="maintenance",
+        job_args=["--table", table],
+        check_pending=False,
+        trigger_rule="all_done",
+        execution_timeout=dt.timedelta(seconds=settings.airflow_replay_timeout_s),
+        doc_md=_MAINTENANCE_TASK_DOC.format(table=table, pool=names.SPARK_POOL),
+    )

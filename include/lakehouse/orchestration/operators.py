@@ -42,23 +42,29 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
     template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "job_args")
     ui_color = "#e8f0fe"
 
-    def __init__(self, *, job: str, job_args: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(self, *, job: str, job_args: Sequence[str] = (), check_pending: bool = True, **kwargs: Any) -> None:
+        """``check_pending``: skip the run when nothing upstream is new (layer jobs); maintenance
+        jobs have no upstream and always run."""
         kwargs.setdefault("conn_id", names.SPARK_CONN_ID)
         kwargs.setdefault("spark_binary", spark_submit_binary())
         kwargs.setdefault("name", "-".join(["lakehouse", job, *[a for a in job_args if not a.startswith("-")]]))
         super().__init__(**kwargs)
         self.job = job
         self.job_args = list(job_args)
+        self.check_pending = check_pending
 
     def execute(self, context: Any) -> dict[str, Any]:
         settings = load_settings()
-        waiting = pending.pending_work(settings, self.job)
-        if not waiting:
-            # Nothing upstream moved since the last committed run: a Spark application would start,
-            # find nothing and exit. Skipped tasks emit no asset events, so nothing downstream wakes.
-            raise AirflowSkipException(f"{self.job}: nothing new upstream since the last run")
-        self.log.info("%s: new upstream data for %s", self.job, ", ".join(f"{k} ({v})" for k, v in waiting.items()))
-        report_path = report_file(settings, self.job, context)
+        if self.check_pending:
+            waiting = pending.pending_work(settings, self.job)
+            if not waiting:
+                # Nothing upstream moved since the last committed run: a Spark application would start,
+                # find nothing and exit. Skipped tasks emit no asset events, so nothing downstream wakes.
+                raise AirflowSkipException(f"{self.job}: nothing new upstream since the last run")
+            self.log.info("%s: new upstream data for %s", self.job,
+                          ", ".join(f"{k} ({v})" for k, v in waiting.items()))
+        # A layer DAG has one task per job; the maintenance DAG runs the job once per table (one report each).
+        report_path = report_file(settings, self.job if self.check_pending else f"{self.job}/{self.task_id}", context)
         job_args = [*self.job_args, *self._run_flags(context)]
         spec = submit_spec(settings, self.job, [*job_args, "--report", str(report_path)], name=self.name)
         self.application = spec.application

@@ -1,4 +1,5 @@
-"""``lakehouse replay silver`` and ``lakehouse dlq replay``: the Silver replays, Spark in-process."""
+"""``lakehouse replay silver``, ``lakehouse dlq replay`` and the DLQ retention commands
+(``lakehouse dlq archive|purge|retention``): Spark in-process."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from lakehouse.silver.replay import ReplaySummary
+    from lakehouse.silver.retention import RetentionResult
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -81,6 +83,42 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
                    lambda spark: replay_dlq(spark, settings, args.error_type, args.exchange))
 
 
+def _print_retention(result: RetentionResult, as_json: bool) -> None:
+    summary = result.as_dict()
+    if as_json:
+        print(to_json(summary))
+        return
+    would = "would be " if result.dry_run else ""
+    if "archive" in result.steps:
+        dates = ", ".join(f"{d} {n}" for d, n in sorted(result.archived_by_date.items())) or "none"
+        print(f"dlq archive (as of {result.cut.as_of.isoformat()}): {result.archived} rows dated before "
+              f"{result.cut.archive_before} {would}archived ({result.inserted} {would}inserted); by date: {dates}")
+    if "purge" in result.steps:
+        dates = ", ".join(f"{d} {n}" for d, n in sorted(result.purged_by_date.items())) or "none"
+        print(f"dlq purge (as of {result.cut.as_of.isoformat()}): {result.purged} archived rows dated before "
+              f"{result.cut.purge_before} {would}purged ({result.purged_by_month} by whole months); "
+              f"by date: {dates}")
+        if not result.dry_run:
+            print(f"freed {result.files_freed} files, {result.bytes_freed} bytes")
+
+
+def cmd_dlq_retention(args: argparse.Namespace, settings: Settings) -> int:
+    """``lakehouse dlq archive|purge|retention``: one Spark session, one audit row (none on a dry run)."""
+    from lakehouse.silver.retention import STEPS, RetentionError, run
+    from lakehouse.spark import session
+
+    steps = STEPS if args.dlq_action == "retention" else (args.dlq_action,)
+    spark = session(settings, f"lakehouse-dlq-{args.dlq_action}")
+    try:
+        result = run(spark, settings, steps=steps, as_of=args.as_of, dry_run=args.dry_run)
+    except RetentionError as err:
+        raise CliError(str(err)) from err
+    finally:
+        spark.stop()
+    _print_retention(result, args.json)
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     replay = _group(sub, "replay", "rebuild a layer from its upstream after a fix")
     p = replay.add_parser("silver", help="re-decode and re-validate a Bronze range into Silver and the DLQ")
@@ -98,6 +136,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--exchange", help="only rows from this exchange's Bronze table")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dlq_replay)
+    for action, help_text in (
+            ("archive", "move dead-letter rows older than LAKEHOUSE_DLQ_ARCHIVE_DAYS to the archive table"),
+            ("purge", "delete archived rows older than LAKEHOUSE_DLQ_PURGE_DAYS and free their files"),
+            ("retention", "archive, then purge: what the dlq_retention DAG runs")):
+        p = dlq.add_parser(action, help=help_text)
+        p.add_argument("--as-of", type=parse_time, help="act as if it were this time (ISO 8601, UTC default)")
+        p.add_argument("--dry-run", action="store_true", help="print what would change and change nothing")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_dlq_retention)
 
 
 __all__ = ["add_commands", "parse_time"]

@@ -1,7 +1,7 @@
 """Replays after a rule or schema fix: rebuild Silver + DLQ for a Bronze range, re-validate the DLQ.
 
 Both are MERGEs keyed on the Bronze lineage (topic, partition, offset) plus the record's identity
-(see below), so running one twice, or again after it died between its two table commits,
+(see below), so running one twice, or again after it died between its table commits,
 converges to the same state without duplicates. Iceberg commits one table at a time; the pair is
 made safe by idempotence and by ordering the two commits so that a crash between them never
 leaves a row in neither table, not by a cross-table transaction.
@@ -11,18 +11,24 @@ Inputs are read at the snapshot current when the replay starts.
   Silver stream has already processed: Silver holds the row's trade at its lineage, or the DLQ
   its raw bytes (rows still ahead of the stream are left to it, so the stream never appends a row
   a replay inserted). First the DLQ: rows that now fail are upserted (un-marked if they had been
-  replayed), rows that now pass are marked replayed; then Silver: rows that now pass are
-  upserted, rows that now fail are deleted. A Silver row is matched on lineage + message_id, a
-  dead-letter row on lineage + raw bytes (its message_id is NULL when it did not decode).
+  replayed), rows that now pass are marked replayed; then Silver: rows that now pass and are
+  missing are inserted (an ``append`` snapshot, which Gold's Silver stream reads), then rows that
+  now fail are deleted (a ``delete``/``overwrite`` snapshot, which Gold's stream skips); last, the
+  deleted trades that Silver holds at no other lineage are deleted from Gold and their minute bars
+  recomputed. A Silver row is matched on lineage + message_id, a dead-letter row on lineage + raw
+  bytes (its message_id is NULL when it did not decode).
 * :func:`replay_dlq` re-decodes and re-validates not-yet-replayed dead-letter rows from their raw
   bytes, inserts those that now pass into Silver (unless Silver holds the same trade at the same
-  lineage), then marks replayed the rows whose trade Silver's committed snapshot holds. Lineage
-  alone identifies neither a Silver row nor a dead-letter row: after a topic reset (a broker
-  restarted on empty storage) the offsets start again, so another record can hold the same
-  lineage in Silver and in the DLQ. Rows that still fail, and rows that pass but did not reach
-  Silver, are left as they are.
+  lineage; an ``append`` snapshot, which Gold's stream reads), then marks replayed the rows whose
+  trade Silver's committed snapshot holds. Lineage alone identifies neither a Silver row nor a
+  dead-letter row: after a topic reset (a broker restarted on empty storage) the offsets start
+  again, so another record can hold the same lineage in Silver and in the DLQ. Rows that still
+  fail, and rows that pass but did not reach Silver, are left as they are.
 
 Do not run a replay while the same exchange's Silver job runs (pause its DAG): both write Silver.
+Run a Silver replay that removes rows once Gold has read Silver: Gold's stream reads an append's
+files even after rows were deleted from them, so a trade removed before Gold read it still reaches
+Gold (the replay logs a warning; running it again after the next Gold run removes the trade).
 """
 
 from __future__ import annotations
@@ -182,43 +188,114 @@ def replay_silver(spark: SparkSession, settings: Settings, exchange: str, start:
     validated = _processed(spark, settings, exchange, transform(from_bronze(bronze), settings, exchange=exchange)) \
         .persist(StorageLevel.MEMORY_AND_DISK)
     summary = ReplaySummary("silver", exchanges=[exchange])
+    removed, behind = 0, None
     try:
         summary.valid, summary.dead_lettered = _counts(validated)
         summary.considered = summary.valid + sum(summary.dead_lettered.values())
         if summary.considered:
             now = dt.datetime.now(dt.timezone.utc)
-            # DLQ first: a row leaves Silver only once it is in the DLQ, so dying between the two
-            # MERGEs leaves it in both (the rerun fixes that), never in neither.
+            behind = _gold_behind(settings, exchange)  # before this replay's own append
+            # DLQ first: a row leaves Silver only once it is in the DLQ, so dying between the
+            # commits leaves it in both (the rerun fixes that), never in neither.
             _merge_dlq(spark, settings, exchange, validated, now)
-            _merge_silver(spark, settings, exchange, validated, now)
+            passing, failing = _silver_changes(validated, now)
+            moving_out = bool(failing.take(1))
+            # Rows moving in and rows moving out are separate commits: Gold's stream reads the
+            # append and skips the delete, whose trades are removed from Gold here.
+            _append_silver(spark, settings, exchange, passing)
+            if moving_out:
+                _delete_silver(spark, settings, exchange, failing)
+                removed = _remove_from_gold(spark, settings, exchange, failing)
+            if moving_out and behind is not None:
+                log.warning("Gold has not read all of Silver of %s (%s): trades this replay removed may "
+                            "still reach Gold; replay the range again after the next Gold run", exchange, behind)
     finally:
         validated.unpersist()
-    detail = {**summary.as_dict(), "from": start, "to": end, "by": by}
+    detail = {**summary.as_dict(), "from": start, "to": end, "by": by, "gold_removed": removed,
+              "gold_behind": behind}
     _audit(spark, settings, "replay_silver", names.bronze_table(exchange), detail)
     log.info("silver replay finished", extra=detail)
     return summary
 
 
-def _merge_silver(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
-                  now: dt.datetime) -> None:
-    """Upsert rows that pass, delete rows that now fail, keyed on lineage + message_id; rows that do
-    not decode have no message_id, hence no Silver row to delete."""
+def _silver_changes(validated: DataFrame, now: dt.datetime) -> tuple[DataFrame, DataFrame]:
+    """(rows that pass, as Silver rows, one per trade and lineage; rows that now fail whose trade
+    and lineage have no passing copy, as Silver rows). Rows that do not decode have no message_id,
+    hence no Silver row."""
     from pyspark.sql import functions as F
 
     decoded = validated.where(F.col("message_id").isNotNull())
-    source = _one_per(decoded.select(*silver_columns(decoded, now), F.col(ERROR_TYPE)), SILVER_KEY)
+    rows = decoded.select(*silver_columns(decoded, now), F.col(ERROR_TYPE))
+    passing = rows.where(F.col(ERROR_TYPE).isNull()).drop(ERROR_TYPE).dropDuplicates(list(SILVER_KEY))
+    failing = (rows.where(F.col(ERROR_TYPE).isNotNull()).drop(ERROR_TYPE).dropDuplicates(list(SILVER_KEY))
+               .join(passing.select(*SILVER_KEY), list(SILVER_KEY), "left_anti"))
+    return passing, failing
+
+
+def _append_silver(spark: SparkSession, settings: Settings, exchange: str, passing: DataFrame) -> None:
+    """Insert the passing trades Silver does not hold at their lineage.
+
+    An insert-only MERGE is committed as an ``append`` snapshot, which Gold's Silver stream reads:
+    the rows a replay moves into Silver reach Gold. Rows Silver already holds are left as they are
+    (same bytes, same trade; Gold inserts only message_ids it lacks, so an update would never reach it).
+    """
     cols = [c.name for c in tables.V2_COLUMNS + tables.SILVER_EXTRA]
-    assign = ", ".join(f"t.`{c}` = s.`{c}`" for c in cols)
-    insert_cols = ", ".join(f"`{c}`" for c in cols)
-    insert_vals = ", ".join(f"s.`{c}`" for c in cols)
-    with _view(source) as view:
+    with _view(passing) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
             ON {_on_lineage(columns=SILVER_KEY)}
-            WHEN MATCHED AND s.{ERROR_TYPE} IS NOT NULL THEN DELETE
-            WHEN MATCHED THEN UPDATE SET {assign}
-            WHEN NOT MATCHED AND s.{ERROR_TYPE} IS NULL THEN INSERT ({insert_cols}) VALUES ({insert_vals})
+            WHEN NOT MATCHED THEN INSERT ({", ".join(f"`{c}`" for c in cols)})
+                                  VALUES ({", ".join(f"s.`{c}`" for c in cols)})
         """)
+
+
+def _delete_silver(spark: SparkSession, settings: Settings, exchange: str, failing: DataFrame) -> None:
+    """Delete the trades that now fail from Silver, keyed on lineage + message_id.
+
+    Committed as a ``delete`` or ``overwrite`` snapshot (copy-on-write keeps a file's other rows),
+    which Gold's stream skips: the rows it keeps were streamed when first appended. Gold learns of
+    the removal from :func:`_remove_from_gold`.
+    """
+    with _view(failing.select(*SILVER_KEY)) as view:
+        spark.sql(f"""
+            MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
+            ON {_on_lineage(columns=SILVER_KEY)}
+            WHEN MATCHED THEN DELETE
+        """)
+
+
+def _gold_behind(settings: Settings, exchange: str) -> str | None:
+    """Why Gold's stream of ``exchange`` may not have read every Silver append yet (None: it has).
+
+    Gold reads an append's files even after a replay deleted rows from them, so a trade removed
+    from Silver before Gold read it would still reach Gold; rerunning the replay once Gold caught
+    up removes it.
+    """
+    from lakehouse.orchestration.pending import stream_behind
+
+    silver = load_catalog(settings).load_table(names.silver_table(exchange))
+    return stream_behind(silver, names.gold_checkpoint(settings, exchange))
+
+
+def _remove_from_gold(spark: SparkSession, settings: Settings, exchange: str, failing: DataFrame) -> int:
+    """Delete from Gold the trades that now fail and that Silver holds at no lineage any more, and
+    recompute their minute bars; return how many trades Gold lost.
+
+    A trade that still has a passing copy in Silver (another record of the same trade) stays in Gold.
+    """
+    from pyspark.sql import functions as F
+
+    from lakehouse.gold.writer import remove_trades
+
+    candidates = failing.where(F.col("exchange").isNotNull() & F.col("timestamp").isNotNull())
+    dates = [r[0] for r in candidates.select("exchange_date").distinct().collect()]
+    if not dates:
+        return 0
+    # A copy of a trade has the same trade time, hence the same exchange_date partition.
+    held = (pinned(spark, settings, names.silver_table(exchange))
+            .where(F.col("exchange_date").isin(dates)).select("message_id"))
+    gone = candidates.join(held, "message_id", "left_anti")
+    return remove_trades(spark, settings, gone, f"replay of {exchange}")
 
 
 def _merge_dlq(spark: SparkSession, settings: Settings, exchange: str, validated: DataFrame,
