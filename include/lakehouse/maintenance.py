@@ -8,10 +8,10 @@ Why expiry is held back: Silver reads Bronze and Gold reads Silver as Iceberg st
 resumes from the snapshot its checkpoint names and walks main's history forward from it; when
 that snapshot was expired the stream fails on every run from then on. So expiry never removes a
 snapshot at or after the oldest position a downstream stream still needs (including the start
-of a batch that was planned but not committed), whatever the retention says. A stream run with
-``trigger(availableNow=True)`` (Gold) also needs its *initial* snapshot and everything after it:
-Iceberg recomputes each run's end from there. It also keeps the
-newest snapshot carrying Bronze's Kafka offsets, and the snapshot of a Silver batch that is in
+of a batch that was planned but not committed), whatever the retention says. (A stream run with
+``trigger(availableNow=True)`` would also need its *initial* snapshot and everything after it:
+Iceberg recomputes each run's end from there. Neither layer uses that trigger, see
+:mod:`lakehouse.streaming`.) It also keeps the newest snapshot carrying Bronze's Kafka offsets, and the snapshot of a Silver batch that is in
 flight (its retry looks for its tag in main's history).
 
 Orphan files are judged by the real clock even when acting "as of" a later time: a file a
@@ -276,17 +276,11 @@ def stream_needs(checkpoint_uri: str) -> StreamNeeds:
 
 @dataclass(frozen=True)
 class Reader:
-    """A stream reading a table: its name, checkpoint, and whether it runs with availableNow.
-
-    Under ``trigger(availableNow=True)`` Iceberg's source computes each run's end by walking main
-    from the stream's *initial* offset (``prepareForTriggerAvailableNow``), so that snapshot and
-    every one after it must stay. Silver uses a processing-time trigger and needs only its
-    position; Gold uses availableNow.
-    """
+    """A stream reading a table: its name and checkpoint. Both layers' streams run with a
+    processing-time trigger (:mod:`lakehouse.streaming`), so each needs only its position."""
 
     stream: str
     checkpoint: str
-    available_now: bool
 
 
 def downstream_readers(settings: Settings) -> dict[str, list[Reader]]:
@@ -294,21 +288,16 @@ def downstream_readers(settings: Settings) -> dict[str, list[Reader]]:
     readers: dict[str, list[Reader]] = {}
     for exchange in settings.exchanges:
         readers.setdefault(names.bronze_table(exchange), []).append(
-            Reader(f"silver {exchange}", names.checkpoint(settings, "silver", exchange), False))
+            Reader(f"silver {exchange}", names.checkpoint(settings, "silver", exchange)))
         readers.setdefault(names.silver_table(exchange), []).append(
-            Reader(f"gold {exchange}", names.gold_checkpoint(settings, exchange), True))
+            Reader(f"gold {exchange}", names.gold_checkpoint(settings, exchange)))
     return readers
 
 
 def reader_holds(reader: Reader, needs: StreamNeeds) -> list[Hold]:
     """The snapshots one stream needs, with why."""
-    holds = [Hold(i, f"stream {reader.stream} has not read past it (checkpoint {reader.checkpoint})")
-             for i in needs.snapshot_ids]
-    if reader.available_now and needs.initial_snapshot is not None:
-        holds.append(Hold(needs.initial_snapshot, f"stream {reader.stream} runs with availableNow, which walks "
-                                                  "main from its initial offset on every run (checkpoint "
-                                                  f"{reader.checkpoint})"))
-    return holds
+    return [Hold(i, f"stream {reader.stream} has not read past it (checkpoint {reader.checkpoint})")
+            for i in needs.snapshot_ids]
 
 
 def silver_writers(settings: Settings) -> dict[str, list[str]]:

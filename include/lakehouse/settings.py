@@ -99,6 +99,8 @@ class Settings:
     bronze_records_per_task: int = _doc("Offset-range size per Spark task when reading Kafka.", 250_000)
     silver_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Silver (files per micro-batch).", 200)
     gold_max_files_per_batch: int = _doc("Iceberg streaming admission cap for Gold (files per micro-batch).", 200)
+    gold_poll_interval_s: float = _doc("How often a Gold run checks whether it has reached the Silver snapshot that "
+                                       "was current when it started, seconds.", 0.2)
     gold_watermark_minutes: int = _doc("Event-time window in which Gold dedupes cheaply in-batch.", 5)
     # --- maintenance (issue 13) ----------------------------------------------------------------
     maintenance_schedule: str = _doc("Schedule of the iceberg_maintenance DAG (cron or Airflow preset).", "@hourly")
@@ -354,9 +356,9 @@ def _validate(s: Settings) -> None:
         raise bad("orphan_min_age_hours", f"must be at least {shortest_orphan_age_s / 3600:.2f} hours (the longest "
                   f"task timeout plus {ORPHAN_AGE_MARGIN_S // 3600} h): a file a running job is writing must never "
                   f"be deleted")
-    # Silver (issue 5)
-    for positive in ("silver_max_rows_per_batch", "silver_poll_interval_s", "silver_rows_per_file",
-                     "silver_split_size_mb"):
+    # Silver (issue 5) and the streams' polling
+    for positive in ("silver_max_rows_per_batch", "silver_poll_interval_s", "gold_poll_interval_s",
+                     "silver_rows_per_file", "silver_split_size_mb"):
         if getattr(s, positive) <= 0:
             raise bad(positive, "must be greater than zero")
     if s.silver_fault_injection not in SILVER_FAULT_POINTS:

@@ -1,5 +1,7 @@
 """What ``make run`` runs (``lakehouse run-all``), in a temp home on free ports: the Airflow UI comes
-up, Gold fills with trades from both exchanges, and SIGTERM leaves no process behind.
+up, Gold fills with trades from both exchanges, the maintenance DAGs run on their schedules without
+anyone unpausing them, the README's manual triggers (``lakehouse airflow dags trigger``) get runs
+that succeed, and SIGTERM leaves no process behind.
 
 The seconds to UI and to Gold are printed (a figure, not an assertion: performance is measured,
 never asserted by a timed test); the timeouts below only bound a hung run.
@@ -7,8 +9,10 @@ never asserted by a timed test); the timeouts below only bound a hung run.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +26,7 @@ from conftest import free_port, make_env
 from lakehouse import names
 from lakehouse.broker import port_open
 from lakehouse.catalog import load_catalog
-from lakehouse.orchestration.environment import ui_healthy
+from lakehouse.orchestration.environment import metadata_db_path, ui_healthy
 from lakehouse.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -52,6 +56,31 @@ def _gold_exchanges(settings: Settings) -> set[str]:
     return {str(exchange).lower() for exchange in rows.column("exchange").to_pylist()}  # V2 says BINANCE
 
 
+# The README's manual triggers, as a user types them; the DAGs that must run on their schedules.
+DLQ_REPLAY_CONF = {"error_type": "invalid_timestamp"}
+SCHEDULED = (names.MAINTENANCE_DAG, names.DLQ_RETENTION_DAG)
+
+
+def _runs(settings: Settings) -> tuple[dict[tuple[str, str], str], dict[str, bool]]:
+    """(dag_id, run_type) -> state of its latest run, and dag_id -> paused, from Airflow's metadata database."""
+    db = metadata_db_path(settings)
+    if not db.exists():
+        return {}, {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        runs = conn.execute("SELECT dag_id, run_type, state FROM dag_run ORDER BY id").fetchall()
+        paused = conn.execute("SELECT dag_id, is_paused FROM dag").fetchall()
+    return ({(dag_id, run_type): state for dag_id, run_type, state in runs},
+            {dag_id: bool(flag) for dag_id, flag in paused})
+
+
+def _trigger(env: dict[str, str], dag_id: str, conf: dict[str, str] | None) -> None:
+    args = [sys.executable, "-m", "lakehouse", "airflow", "dags", "trigger", dag_id]
+    if conf is not None:
+        args += ["--conf", json.dumps(conf)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"{' '.join(args[2:])}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+
+
 def _tree(root: int) -> list[psutil.Process]:
     try:
         return [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
@@ -78,15 +107,28 @@ def test_run_all_serves_the_ui_fills_gold_and_stops_without_leftovers(tmp_path: 
         _wait_for("Airflow UI", lambda: ui_healthy(settings), proc, log, timeout_s=600)
         ui_s = time.monotonic() - started
         assert "password" in log.read_text()
+        _trigger(env, names.DLQ_REPLAY_DAG, DLQ_REPLAY_CONF)
+        # Queued behind its scheduled run (one active run at a time); created unpaused, it runs next.
+        _trigger(env, names.MAINTENANCE_DAG, None)
+        expected = {(names.DLQ_REPLAY_DAG, "manual")} | {(d, "scheduled") for d in SCHEDULED}
+        gold_s: float | None = None
 
-        def gold_has_both() -> bool:
+        def gold_has_both_and_runs_done() -> bool:
+            nonlocal gold_s
             for p in _tree(proc.pid):  # remember every process run-all started, to check the stop
                 seen.setdefault(p.pid, p)
-            return _gold_exchanges(settings) >= set(settings.exchanges)
+            if gold_s is None and _gold_exchanges(settings) >= set(settings.exchanges):
+                gold_s = time.monotonic() - started
+            runs, paused = _runs(settings)
+            failed = {k: v for k, v in runs.items() if v == "failed"}
+            assert not failed, f"runs failed: {failed}\n{_tail(log)}"
+            assert (names.MAINTENANCE_DAG, "manual") in runs and not paused[names.MAINTENANCE_DAG], (runs, paused)
+            return gold_s is not None and all(runs.get(k) == "success" for k in expected)
 
-        _wait_for("Gold rows from every exchange", gold_has_both, proc, log, timeout_s=1200)
-        print(f"\nrun-all: UI after {ui_s:.0f}s, Gold with {', '.join(settings.exchanges)} after "
-              f"{time.monotonic() - started:.0f}s")
+        _wait_for("Gold rows from every exchange, and successful scheduled maintenance and manual replay runs",
+                  gold_has_both_and_runs_done, proc, log, timeout_s=1200)
+        print(f"\nrun-all: UI after {ui_s:.0f}s, Gold with {', '.join(settings.exchanges)} after {gold_s:.0f}s, "
+              f"scheduled maintenance and the manual replay done after {time.monotonic() - started:.0f}s")
         for p in _tree(proc.pid):
             seen.setdefault(p.pid, p)
     finally:

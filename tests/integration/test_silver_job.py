@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from conftest import free_port
 from local_checks import encode_with
-from lakehouse import avro, names
+from lakehouse import avro, names, streaming
 from lakehouse.registry import RegistryUnavailableError, registry_from_settings
 from lakehouse.settings import Settings
 from lakehouse.silver.job import SilverRunError, run
@@ -234,7 +234,7 @@ def test_a_run_ends_after_its_target_even_while_bronze_keeps_growing(isolated: S
     monkeypatch.setattr(job, "process_batch", batch_then_new_bronze_commit)
     summary = run(spark, settings, EX)
 
-    assert len(summary.batches) == 2 + job.EXTRA_BATCHES  # the target, one extra, then it refuses and ends
+    assert len(summary.batches) == 2 + streaming.EXTRA_BATCHES  # the target, one extra, then it refuses and ends
     monkeypatch.undo()
     rest = run(spark, settings, EX)  # the next run starts with the refused batch
     bronze_rows = spark.table(names.qualified(settings, names.bronze_table(EX))).count()

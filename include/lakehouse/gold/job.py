@@ -1,4 +1,9 @@
-"""The Gold run: every configured exchange's Silver table read as an Iceberg stream, availableNow.
+"""The Gold run: every configured exchange's Silver table read as an Iceberg stream, then exit.
+
+Each stream processes what its Silver table held when the run started, in micro-batches bounded
+by the admission cap (:mod:`lakehouse.streaming`: a processing-time trigger with a target, not
+``trigger(availableNow=True)``, under which Iceberg re-walks Silver's history from the stream's
+first snapshot on every run, so Silver snapshots could never expire).
 
 One streaming query per Silver table, each with its own checkpoint, run one after the other in
 the same Spark application. A single query over the union of the streams cannot survive a change
@@ -24,6 +29,7 @@ from lakehouse.errors import ConcurrentWriterError, concurrent_checkpoint_write,
 from lakehouse.gold.writer import BatchStats, GoldBatchWriter
 from lakehouse.metrics import StatsD
 from lakehouse.settings import Settings
+from lakehouse.streaming import TargetProgress, await_target, upstream_target
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -67,25 +73,29 @@ def run_source(spark: SparkSession, settings: Settings, exchange: str,
                statsd: StatsD | None = None) -> list[BatchStats]:
     """Process everything Silver of ``exchange`` held when the run started, in bounded batches."""
     from py4j.protocol import Py4JJavaError
-    from pyspark.errors import PySparkException, StreamingQueryException
+    from pyspark.errors import PySparkException
 
     writer = GoldBatchWriter(settings, exchange, statsd)
     started = time.monotonic()
+    target = upstream_target(settings, names.silver_table(exchange))
+    if target is None:
+        log.info("silver table is empty, nothing to do", extra={"source": exchange})
+        return writer.stats
+    progress = TargetProgress(settings, names.silver_table(exchange), target)
+    checkpoint = names.gold_checkpoint(settings, exchange)
     stream = (silver_stream(spark, settings, exchange).writeStream
               .queryName(f"gold_{exchange}")
-              .option("checkpointLocation", names.gold_checkpoint(settings, exchange))
-              .trigger(availableNow=True)
-              .foreachBatch(writer))
+              .option("checkpointLocation", checkpoint)
+              .trigger(processingTime="0 seconds")
+              .foreachBatch(progress.bounded(writer, checkpoint)))
     try:
         query = stream.start()
     except (Py4JJavaError, PySparkException) as err:
         if concurrent_checkpoint_write(err) is None:
             raise
         raise _source_failure(exchange, err, None) from err  # another run created the checkpoint
-    try:
-        query.awaitTermination()
-    except StreamingQueryException as err:
-        raise _source_failure(exchange, err, writer.failure) from (writer.failure or err)
+    await_target(query, progress, settings.gold_poll_interval_s,
+                 lambda err: _source_failure(exchange, err, writer.failure))
     # The MERGE reads, writes and commits in one statement: its time counts as work; the rest of the
     # query (offsets, micro-batch planning, checkpoint) as planning.
     work = sum(s.duration_s for s in writer.stats)

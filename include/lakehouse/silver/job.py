@@ -1,14 +1,8 @@
 """One Silver run for one exchange: Bronze as an Iceberg stream -> Silver + dead-letter table, then exit.
 
-availableNow with an admission cap. Iceberg 1.10's streaming source does not implement Spark's
-``SupportsTriggerAvailableNow``, so under ``trigger(availableNow=True)`` Spark ignores
-``streaming-max-files-per-micro-batch`` and reads the whole backlog as one batch (checked on
-this platform). A run therefore uses a processing-time trigger, which honours the cap, and ends
-once it has consumed the Bronze snapshot that was current when it started: it stops when the
-stream is idle, admits at most one more bounded batch of data that arrived meanwhile, and
-refuses any batch after that before it writes anything (the refused batch stays uncommitted in
-the checkpoint and is the first batch of the next run). The contract is availableNow's: what
-was there at start, in bounded batches, then exit.
+Processes what Bronze held when the run started, in micro-batches bounded by the admission cap,
+then exits: the contract of availableNow, run as :mod:`lakehouse.streaming` describes (a
+processing-time trigger with a target, because Iceberg's availableNow ignores the cap).
 
 In each micro-batch the Spark tasks decode and validate every row once and write the Silver and
 dead-letter data files themselves (:mod:`lakehouse.silver.tasks`); the driver commits each
@@ -28,14 +22,13 @@ import functools
 import json
 import logging
 import re
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lakehouse import names, runreport
-from lakehouse.catalog import NewestAppend, TagCommittedError, load_catalog, newest_append
+from lakehouse.catalog import TagCommittedError, load_catalog
 from lakehouse.errors import ConcurrentWriterError, concurrent_checkpoint_write
 from lakehouse.metrics import StatsD
 from lakehouse.registry import RegistryUnavailableError
@@ -52,6 +45,7 @@ from lakehouse.silver.tasks import (
 )
 from lakehouse.silver.transform import LINEAGE, SOURCE_COLUMNS, from_bronze
 from lakehouse.silver.writer import appended_rows, batch_tag, commit_tagged, tagged_snapshot
+from lakehouse.streaming import Target, TargetProgress, await_target, upstream_target
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -66,8 +60,6 @@ log = logging.getLogger(__name__)
 
 METRIC = "silver"
 QUERY_ID_PROPERTY = "sql.streaming.queryId"  # Spark sets it on the thread running foreachBatch
-_IDLE_MESSAGE = "Waiting for data to arrive"  # Spark's status after a trigger that found no new data
-EXTRA_BATCHES = 1  # micro-batches a run still admits after consuming its target (see _Progress)
 
 
 class SilverRunError(RuntimeError):
@@ -81,10 +73,6 @@ class SilverConcurrentWriterError(SilverRunError, ConcurrentWriterError):
 
 class InjectedFault(RuntimeError):
     """Raised on purpose by LAKEHOUSE_SILVER_FAULT_INJECTION (kill-and-retry tests)."""
-
-
-class RunComplete(RuntimeError):
-    """A batch was planned after the run reached its target: refused unwritten, left for the next run."""
 
 
 @dataclass(frozen=True)
@@ -299,56 +287,9 @@ def describe_run(summary: RunSummary) -> tuple[str, int, dict[str, object]]:
              "dlq_rate": round(summary.dlq_rate, 6), "duration_s": round(summary.duration_s, 3)})
 
 
-# The last Bronze append when the run started: the run ends once the stream has consumed it.
-Target = NewestAppend
-
-
 def bronze_target(settings: Settings, exchange: str) -> Target | None:
-    """The newest append snapshot in Bronze's current history (replace/delete snapshots are not streamed)."""
-    return newest_append(load_catalog(settings).load_table(names.bronze_table(exchange)))
-
-
-class _Progress:
-    """Where the run is against its target, and which micro-batches it still admits.
-
-    Once the target is consumed the run admits at most :data:`EXTRA_BATCHES` more (data that
-    arrived meanwhile, each bounded by the admission cap) and stops as soon as the stream is
-    idle; a batch planned after that is refused unwritten. Stopping only when idle keeps the
-    usual run free of interrupted batches; refusing bounds a run when Bronze outpaces Silver.
-    """
-
-    def __init__(self, settings: Settings, exchange: str, target: Target) -> None:
-        self._settings = settings
-        self._exchange = exchange
-        self.target = target
-        self.finished = threading.Event()  # the target has been consumed
-        self.stopping = threading.Event()  # the driver is stopping the query: admit nothing
-        self._extra = 0
-
-    def admit(self) -> bool:
-        if self.stopping.is_set():
-            return False
-        if not self.finished.is_set():
-            return True
-        self._extra += 1
-        return self._extra <= EXTRA_BATCHES
-
-    def observe(self, end_offset: dict[str, object]) -> None:
-        snapshot_id = int(str(end_offset["snapshot_id"]))
-        if snapshot_id == self.target.snapshot_id:
-            reached = int(str(end_offset["position"])) >= self.target.added_files
-        else:
-            metadata = load_catalog(self._settings).load_table(names.bronze_table(self._exchange)).metadata
-            snap = metadata.snapshot_by_id(snapshot_id)
-            reached = snap is not None and (snap.sequence_number or 0) > self.target.sequence_number
-        if reached:
-            self.finished.set()
-
-
-def batch_end_offset(spark: SparkSession, checkpoint: str, batch_id: int) -> dict[str, object]:
-    """The Iceberg stream offset this batch ends at, from the checkpoint's offset log (written before the batch)."""
-    lines = [r.value for r in spark.read.text(f"{checkpoint}/offsets/{batch_id}").collect() if r.value.strip()]
-    return json.loads(lines[-1])
+    """The newest append snapshot in Bronze's current history: where this run ends."""
+    return upstream_target(settings, names.bronze_table(exchange))
 
 
 _PY_ERROR_LINE = re.compile(r"^([a-z_][\w]*\.)*[A-Z]\w*(Error|Exception|Fault): ")
@@ -414,15 +355,13 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
             statsd: StatsD) -> None:
     """Run the streaming query until the target is consumed (see :class:`_Progress`)."""
     from py4j.protocol import Py4JJavaError
-    from pyspark.errors import PySparkException, StreamingQueryException
+    from pyspark.errors import PySparkException
 
-    progress = _Progress(settings, exchange, target)
+    progress = TargetProgress(settings, names.bronze_table(exchange), target)
     checkpoint = names.checkpoint(settings, "silver", exchange)
     lost: list[ConcurrentWriterError] = []  # a batch's lost race, kept whole (the query only has its text)
 
     def handle(batch_df: DataFrame, batch_id: int) -> None:
-        if not progress.admit():
-            raise RunComplete(f"batch {batch_id} starts after the run's target; left for the next run")
         query_id = batch_df.sparkSession.sparkContext.getLocalProperty(QUERY_ID_PROPERTY)
         if not query_id:
             raise SilverRunError("no streaming query id on the foreachBatch thread")
@@ -433,7 +372,6 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
             raise
         summary.batches.append(stats)
         report_batch(stats, exchange, statsd)
-        progress.observe(batch_end_offset(batch_df.sparkSession, checkpoint, batch_id))
 
     stream = (
         spark.readStream
@@ -445,36 +383,17 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
         .writeStream
         .option("checkpointLocation", checkpoint)
         .trigger(processingTime="0 seconds")
-        .foreachBatch(handle))
+        .foreachBatch(progress.bounded(handle, checkpoint)))
     try:
         query: StreamingQuery = stream.start()
     except (Py4JJavaError, PySparkException) as err:
         if concurrent_checkpoint_write(err) is None:
             raise
         raise _failure(err, exchange) from err  # another run created the new checkpoint just now
-    try:
-        while True:
-            try:
-                if query.awaitTermination(settings.silver_poll_interval_s):
-                    return
-            except StreamingQueryException as err:
-                if RunComplete.__name__ in str(err) and (progress.finished.is_set() or progress.stopping.is_set()):
-                    return
-                raise _failure(err, exchange, lost[0] if lost else None) from err
-            status = query.status
-            if (not status["isTriggerActive"] and not status["isDataAvailable"]
-                    and status["message"] == _IDLE_MESSAGE):  # the stream has consumed everything there is
-                progress.stopping.set()
-                query.stop()
-                error = query.exception()
-                if error is not None and RunComplete.__name__ not in str(error):
-                    raise _failure(error, exchange, lost[0] if lost else None) from error
-                return
-    finally:
-        if query.isActive:
-            query.stop()
+    await_target(query, progress, settings.silver_poll_interval_s,
+                 lambda err: _failure(err, exchange, lost[0] if lost else None))
 
 
 __all__ = ["RECHECK_PASSED", "RECHECK_REASON", "BatchStats", "InjectedFault", "RunSummary",
            "SilverConcurrentWriterError", "SilverRunError",
-           "Target", "bronze_target", "describe_run", "process_batch", "run"]
+           "bronze_target", "describe_run", "process_batch", "run"]

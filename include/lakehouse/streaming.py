@@ -1,0 +1,146 @@
+"""Bounded runs of an Iceberg stream: what the upstream table held when the run started, in capped
+micro-batches, then exit. The contract of ``trigger(availableNow=True)``, without that trigger.
+
+Silver (reading Bronze) and Gold (reading Silver) both run this way. Two reasons not to use
+availableNow with Iceberg 1.10's streaming source:
+
+- it reads the whole backlog as one batch, ignoring ``streaming-max-files-per-micro-batch``
+  (checked on this platform), so a run after an outage holds the entire backlog in one batch;
+- it computes each run's end by walking the table's history from the stream's *initial* offset
+  (the first snapshot it ever read), so that snapshot and everything after it must stay: snapshot
+  expiry could never pass it (see :mod:`lakehouse.maintenance`).
+
+So a run uses a processing-time trigger, which honours the cap, and a :class:`TargetProgress`: the
+newest append of the upstream table when the run started is its target; once a batch ends at or
+past it, the run admits at most :data:`EXTRA_BATCHES` more (data that arrived meanwhile) and stops
+as soon as the stream is idle. A batch planned after that is refused before it writes anything
+(:class:`RunComplete`): it stays uncommitted in the checkpoint and is the next run's first batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lakehouse.catalog import NewestAppend, load_catalog, newest_append
+from lakehouse.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+IDLE_MESSAGE = "Waiting for data to arrive"  # Spark's status after a trigger that found no new data
+EXTRA_BATCHES = 1  # micro-batches a run still admits after consuming its target
+
+# The newest append of the upstream table when the run started: the run ends once it is consumed.
+Target = NewestAppend
+
+BatchHandler = Callable[["DataFrame", int], None]
+
+log = logging.getLogger(__name__)
+
+
+class RunComplete(RuntimeError):
+    """A batch was planned after the run reached its target: refused unwritten, left for the next run."""
+
+
+def upstream_target(settings: Settings, table: str) -> Target | None:
+    """The newest append snapshot in ``table``'s current history (replace/delete snapshots are not
+    streamed); None when the table has none yet."""
+    return newest_append(load_catalog(settings).load_table(table))
+
+
+class TargetProgress:
+    """Where a run is against its target, and which micro-batches it still admits.
+
+    Stopping only when idle keeps the usual run free of interrupted batches; refusing batches
+    after the extra one bounds a run when the upstream table outpaces this layer.
+    """
+
+    def __init__(self, settings: Settings, table: str, target: Target) -> None:
+        self._settings = settings
+        self._table = table
+        self.target = target
+        self.finished = threading.Event()  # the target has been consumed
+        self.stopping = threading.Event()  # the driver is stopping the query: admit nothing
+        self._extra = 0
+
+    def admit(self) -> bool:
+        if self.stopping.is_set():
+            return False
+        if not self.finished.is_set():
+            return True
+        self._extra += 1
+        return self._extra <= EXTRA_BATCHES
+
+    def observe(self, end_offset: dict[str, object]) -> None:
+        """Note the stream offset a committed batch ended at (Iceberg's ``snapshot_id``/``position``)."""
+        snapshot_id = int(str(end_offset["snapshot_id"]))
+        if snapshot_id == self.target.snapshot_id:
+            reached = int(str(end_offset["position"])) >= self.target.added_files
+        else:
+            metadata = load_catalog(self._settings).load_table(self._table).metadata
+            snap = metadata.snapshot_by_id(snapshot_id)
+            reached = snap is not None and (snap.sequence_number or 0) > self.target.sequence_number
+        if reached:
+            self.finished.set()
+
+    def bounded(self, handler: BatchHandler, checkpoint: str) -> BatchHandler:
+        """``handler`` as a ``foreachBatch`` function that refuses batches past the run's end and
+        records where each committed batch ended."""
+        def handle(batch_df: DataFrame, batch_id: int) -> None:
+            if not self.admit():
+                raise RunComplete(f"batch {batch_id} starts after the run's target; left for the next run")
+            handler(batch_df, batch_id)
+            self.observe(batch_end_offset(batch_df.sparkSession, checkpoint, batch_id))
+        return handle
+
+    def completed_by(self, err: BaseException) -> bool:
+        """Whether a query failure is only the refusal of a batch past the run's end."""
+        return RunComplete.__name__ in str(err) and (self.finished.is_set() or self.stopping.is_set())
+
+
+def batch_end_offset(spark: SparkSession, checkpoint: str, batch_id: int) -> dict[str, object]:
+    """The Iceberg stream offset this batch ends at, from the checkpoint's offset log (written before the batch)."""
+    lines = [r.value for r in spark.read.text(f"{checkpoint}/offsets/{batch_id}").collect() if r.value.strip()]
+    return json.loads(lines[-1])
+
+
+def await_target(query: StreamingQuery, progress: TargetProgress, poll_s: float,
+                 failure: Callable[[Exception], Exception]) -> None:
+    """Wait until the running ``query`` has consumed its target and is idle, then stop it.
+
+    A query failure other than :class:`RunComplete` is raised as ``failure(err)``. The query is
+    stopped whatever happens.
+    """
+    from pyspark.errors import StreamingQueryException
+
+    try:
+        while True:
+            try:
+                if query.awaitTermination(poll_s):
+                    return
+            except StreamingQueryException as err:
+                if progress.completed_by(err):
+                    return
+                log.debug("streaming query %s failed: %s", query.name, err)  # the whole JVM trace
+                raise failure(err) from err
+            status = query.status
+            if (not status["isTriggerActive"] and not status["isDataAvailable"]
+                    and status["message"] == IDLE_MESSAGE):  # the stream has consumed everything there is
+                progress.stopping.set()
+                query.stop()
+                error = query.exception()
+                if error is not None and RunComplete.__name__ not in str(error):
+                    raise failure(error) from error
+                return
+    finally:
+        if query.isActive:
+            query.stop()
+
+
+__all__ = ["EXTRA_BATCHES", "IDLE_MESSAGE", "BatchHandler", "RunComplete", "Target", "TargetProgress",
+           "await_target", "batch_end_offset", "upstream_target"]
