@@ -8,11 +8,12 @@ JVM_ARCHIVE := $(VENV)/lakehouse-spark.jsa
 SQLITE_JDBC ?= /usr/share/java/sqlite-jdbc.jar
 PYTEST_ARGS ?=
 
-.PHONY: setup check-java check-jdbc test test-unit test-faults bench run up down status clean help
+.PHONY: setup check-java check-jdbc test test-slow test-unit test-faults bench run up down status clean help
 
 help:
 	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
-	@echo "make test   - install everything and run the test suite"
+	@echo "make test   - install everything and run the test suite (all but the slow scenarios)"
+	@echo "make test-slow - the three slowest scenarios (Airflow end to end, the two-writer race); CI runs both"
 	@echo "make test-faults - only the fault tier (kills, restarts, races, outages): the README's fault table"
 	@echo "make bench  - run the benchmarks (BENCH lines), including each layer's per-run cost breakdown"
 	@echo "make bench-sustained - the whole orchestrated pipeline at RATE=2000 trades/s for MINUTES=15"
@@ -53,8 +54,13 @@ check-jdbc:
 	fi
 	@test -f $(SQLITE_JDBC) || { echo "SQLite JDBC driver missing: apt-get install libxerial-sqlite-jdbc-java"; exit 1; }
 
+# Every tier except the three slowest scenarios (marker "slow", ~6 min together), which CI runs next
+# (.ci/run): 'make test' stays a loop a developer waits for.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

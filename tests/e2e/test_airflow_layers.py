@@ -20,7 +20,7 @@ from lakehouse.catalog import load_catalog
 from lakehouse.orchestration.environment import airflow_env
 from lakehouse.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _env(settings: Settings) -> dict[str, str]:

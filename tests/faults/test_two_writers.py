@@ -38,7 +38,7 @@ from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings, load_settings
 from lakehouse.silver.synthetic import bronze_arrow, trade
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 WORKER = Path(__file__).with_name("two_writers_worker.py")
 EX = "binance"
