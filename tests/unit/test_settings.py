@@ -48,6 +48,12 @@ def test_environment_overrides_are_typed() -> None:
     ("LAKEHOUSE_LOG_LEVEL", "chatty", "LAKEHOUSE_LOG_LEVEL"),
     ("LAKEHOUSE_CATALOG_URI", "postgres://x", "LAKEHOUSE_CATALOG_URI"),
     ("LAKEHOUSE_KAFKA_PROT", "1", "LAKEHOUSE_KAFKA_PROT is not a known setting"),
+    # maintenance: negative days, purge not after archive, an orphan age a running job could outlive
+    ("LAKEHOUSE_DLQ_ARCHIVE_DAYS", "-1", "LAKEHOUSE_DLQ_ARCHIVE_DAYS=-1"),
+    ("LAKEHOUSE_SNAPSHOT_RETENTION_HOURS", "-24", "LAKEHOUSE_SNAPSHOT_RETENTION_HOURS=-24"),
+    ("LAKEHOUSE_DLQ_PURGE_DAYS", "30", "must be greater than LAKEHOUSE_DLQ_ARCHIVE_DAYS (30)"),
+    ("LAKEHOUSE_ORPHAN_MIN_AGE_HOURS", "1", "LAKEHOUSE_ORPHAN_MIN_AGE_HOURS=1"),
+    ("LAKEHOUSE_GOLD_POLL_INTERVAL_S", "0", "LAKEHOUSE_GOLD_POLL_INTERVAL_S=0"),
 ])
 def test_bad_values_fail_naming_the_variable(var: str, value: str, fragment: str) -> None:
     with pytest.raises(SettingsError) as err:
