@@ -28,7 +28,7 @@ from __future__ import annotations
 from airflow.sdk import DAG
 
 from lakehouse import names
-from lakehouse.orchestration.dags import START_DATE, TAG, command_task, task_defaults
+from lakehouse.orchestration.dags import TAG, command_task, housekeeping_dag_kwargs
 from lakehouse.settings import load_settings
 
 settings = load_settings()
@@ -37,13 +37,7 @@ with DAG(
     dag_id=names.DLQ_RETENTION_DAG,
     description="Daily: archive dead letters after 30 days, purge them (files included) after 90",
     doc_md=__doc__,
-    schedule=settings.dlq_retention_schedule,
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    # Retention must happen without an operator: the DAG starts unpaused under `make run`.
-    is_paused_upon_creation=False,
-    default_args=task_defaults(settings, "silver", timeout_s=settings.airflow_replay_timeout_s),
+    **housekeeping_dag_kwargs(settings, settings.dlq_retention_schedule, "silver"),
     tags=[TAG, "dlq", "maintenance"],
 ) as dag:
     command_task(

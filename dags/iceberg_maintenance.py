@@ -32,7 +32,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, chain
 
 from lakehouse import names
-from lakehouse.orchestration.dags import START_DATE, TAG, maintenance_task, task_defaults
+from lakehouse.orchestration.dags import TAG, housekeeping_dag_kwargs, maintenance_task
 from lakehouse.settings import load_settings
 from lakehouse.tables import table_defs
 
@@ -42,12 +42,7 @@ with DAG(
     dag_id=names.MAINTENANCE_DAG,
     description="Iceberg compaction, manifest rewrite, snapshot expiry and orphan removal, per table",
     doc_md=__doc__,
-    schedule=settings.maintenance_schedule,
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    is_paused_upon_creation=False,
-    default_args=task_defaults(settings, "maintenance", timeout_s=settings.airflow_replay_timeout_s),
+    **housekeeping_dag_kwargs(settings, settings.maintenance_schedule, "maintenance"),
     tags=[TAG, "maintenance"],
 ) as dag:
     chain(*(maintenance_task(settings, d.name) for d in table_defs(settings)))

@@ -87,6 +87,19 @@ def manual_dag_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def housekeeping_dag_kwargs(settings: Settings, schedule: str, layer: str) -> dict[str, Any]:
+    """What the maintenance DAGs share: their own schedule, no catch-up, one run at a time, the replay
+    timeout, and unpaused at creation (upkeep must happen without an operator, under `make run` too)."""
+    return {
+        "schedule": schedule,
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "is_paused_upon_creation": False,
+        "default_args": task_defaults(settings, layer, timeout_s=settings.airflow_replay_timeout_s),
+    }
+
+
 def table_asset(settings: Settings, table: str) -> Asset:
     """The Airflow asset of an Iceberg table (name = catalog-qualified table, URI from lakehouse.names)."""
     return Asset(name=names.qualified(settings, table), uri=names.asset_uri(settings, table), group="lakehouse")
