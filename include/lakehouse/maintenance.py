@@ -32,7 +32,7 @@ from pyiceberg.transforms import DayTransform, IdentityTransform
 from pyiceberg.types import DateType, IntegerType, LongType, TimestampType, TimestamptzType
 
 from lakehouse import names
-from lakehouse.orchestration.pending import _batch_ids, _local_dir
+from lakehouse.orchestration.pending import batch_ids, initial_offset_file, local_dir
 from lakehouse.settings import Settings
 from lakehouse.tables import TableDef, table_defs
 
@@ -245,15 +245,15 @@ def stream_needs(checkpoint_uri: str) -> StreamNeeds:
     """Snapshots a stream may start its next batch from: the end of its last committed batch and the
     start of a planned-but-uncommitted one (re-run from its start). Raises :class:`PositionUnknown`
     when the checkpoint cannot be read (not local, unreadable)."""
-    directory = _local_dir(checkpoint_uri)
+    directory = local_dir(checkpoint_uri)
     if directory is None:
         raise PositionUnknown(f"checkpoint {checkpoint_uri} is not on a local file system")
     try:
         metadata = directory / "metadata"
         query_id = json.loads(metadata.read_text()).get("id") if metadata.exists() else None
-        initial_file = directory / "sources" / "0" / "offsets" / "0"  # Iceberg's InitialOffsetStore
+        initial_file = initial_offset_file(directory)
         initial = _offset_snapshot(initial_file) if initial_file.exists() else None
-        offsets, commits = _batch_ids(directory / "offsets"), _batch_ids(directory / "commits")
+        offsets, commits = batch_ids(directory / "offsets"), batch_ids(directory / "commits")
         last_commit = commits[-1] if commits else None
         in_flight = offsets[-1] if offsets and (last_commit is None or offsets[-1] > last_commit) else None
         files: list[Path] = []

@@ -15,20 +15,27 @@ newest append of the upstream table when the run started is its target; once a b
 past it, the run admits at most :data:`EXTRA_BATCHES` more (data that arrived meanwhile) and stops
 as soon as the stream is idle. A batch planned after that is refused before it writes anything
 (:class:`RunComplete`): it stays uncommitted in the checkpoint and is the next run's first batch.
+
+A new checkpoint gets its initial offset from :func:`ensure_initial_offset` before the query
+starts, written whole, because Iceberg's own write of it is not atomic.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lakehouse.catalog import NewestAppend, load_catalog, newest_append
+from lakehouse.orchestration.pending import initial_offset_file, local_dir
 from lakehouse.settings import Settings
 
 if TYPE_CHECKING:
+    from pyiceberg.table import Table
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
@@ -103,6 +110,59 @@ class TargetProgress:
         return RunComplete.__name__ in str(err) and (self.finished.is_set() or self.stopping.is_set())
 
 
+INITIAL_OFFSET_VERSION = 1  # Iceberg's StreamingOffset JSON version
+
+
+def initial_offset(table: Table) -> dict[str, object] | None:
+    """The offset Iceberg starts a new stream of ``table`` at (``determineStartingOffset`` with no
+    start timestamp): the oldest snapshot in the current snapshot's history, from its first file.
+    None for a table without snapshots."""
+    from pyiceberg.table.snapshots import ancestors_of
+
+    oldest = None
+    for oldest in ancestors_of(table.current_snapshot(), table.metadata):
+        pass
+    if oldest is None:
+        return None
+    return {"version": INITIAL_OFFSET_VERSION, "snapshot_id": oldest.snapshot_id, "position": 0,
+            "scan_all_files": False}
+
+
+def ensure_initial_offset(settings: Settings, table: str, checkpoint: str) -> None:
+    """Write a new local checkpoint's initial stream offset whole, before the query starts.
+
+    Iceberg 1.10's ``InitialOffsetStore`` checks whether the file exists, then creates it and writes
+    the JSON in place. A second run starting the same new checkpoint in between reads an empty file
+    and fails with "Failed to read StreamingOffset from json"; a run killed in between leaves an
+    empty file that fails every later run. Written here to a temporary file and linked into place
+    (which fails if the file exists), Iceberg only ever finds it whole, and reads it instead of
+    writing it. Object stores (a remote checkpoint) create a file whole on close already.
+    """
+    directory = local_dir(checkpoint)
+    if directory is None:
+        return
+    path = initial_offset_file(directory)
+    if path.exists():
+        return
+    offset = initial_offset(load_catalog(settings).load_table(table))
+    if offset is None:
+        return  # nothing to stream yet: the run does not start a query
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as out:
+            out.write(json.dumps(offset, separators=(",", ":")))
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temporary, path)
+            log.info("initial offset of %s written: %s", checkpoint, offset)
+        except FileExistsError:
+            pass  # another run of the same checkpoint wrote it first: the same offset, whole
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def batch_end_offset(spark: SparkSession, checkpoint: str, batch_id: int) -> dict[str, object]:
     """The Iceberg stream offset this batch ends at, from the checkpoint's offset log (written before the batch)."""
     lines = [r.value for r in spark.read.text(f"{checkpoint}/offsets/{batch_id}").collect() if r.value.strip()]
@@ -143,4 +203,4 @@ def await_target(query: StreamingQuery, progress: TargetProgress, poll_s: float,
 
 
 __all__ = ["EXTRA_BATCHES", "IDLE_MESSAGE", "BatchHandler", "RunComplete", "Target", "TargetProgress",
-           "await_target", "batch_end_offset", "upstream_target"]
+           "await_target", "batch_end_offset", "ensure_initial_offset", "initial_offset", "upstream_target"]

@@ -261,3 +261,47 @@ def test_a_row_that_passes_its_dead_letter_recheck_is_still_dead_lettered(isolat
     _, dlq = landed(spark, isolated)
     assert dlq[0][0]["error_type"] == job.RECHECK_PASSED and dlq[0][0]["raw_bytes"] == good
     assert "lakehouse dlq replay" in dlq[0][0]["error_reason"]
+
+
+def test_a_new_checkpoint_gets_iceberg_s_initial_offset_whole_before_the_query_starts(isolated: Settings,
+                                                                                    tmp_path: Any) -> None:
+    """Iceberg writes a new stream's initial offset in place, so a second run starting the same new
+    checkpoint can read it half-written; the run writes it first, whole. It must be the offset
+    Iceberg itself would write (a version that changes it fails here), the stream must start from
+    it, and a file another run wrote first must be kept."""
+    import json
+
+    from lakehouse.catalog import load_catalog
+    from lakehouse.orchestration.pending import initial_offset_file, local_dir
+
+    spark = session(isolated, "silver-test")
+    sid = _register(isolated)
+    now = dt.datetime.now(dt.timezone.utc)
+    at_us = int(now.timestamp() * 1_000_000) - 1_000_000
+    for first in (0, 100):
+        append_bronze(spark, isolated, [avro.encode(sid, avro.parsed_trade_schema(), trade(first + i, at_us))
+                                        for i in range(3)], first, now)
+    bronze = load_catalog(isolated).load_table(names.bronze_table(EX))
+
+    own = tmp_path / "iceberg-writes-it"
+    query = (spark.readStream.table(names.qualified(isolated, names.bronze_table(EX))).writeStream
+             .option("checkpointLocation", str(own)).trigger(availableNow=True)
+             .foreachBatch(lambda df, batch_id: None).start())
+    query.awaitTermination()
+    assert streaming.initial_offset(bronze) == json.loads(initial_offset_file(own).read_text())
+
+    checkpoint = names.checkpoint(isolated, "silver", EX)
+    path = initial_offset_file(local_dir(checkpoint))  # type: ignore[arg-type]
+    streaming.ensure_initial_offset(isolated, names.bronze_table(EX), checkpoint)
+    assert json.loads(path.read_text()) == streaming.initial_offset(bronze)
+
+    second = bronze.current_snapshot()
+    assert second is not None
+    path.write_text(json.dumps({**json.loads(path.read_text()), "snapshot_id": second.snapshot_id}))
+    streaming.ensure_initial_offset(isolated, names.bronze_table(EX), checkpoint)  # another run's file stays
+    assert json.loads(path.read_text())["snapshot_id"] == second.snapshot_id
+    assert [p.name for p in path.parent.iterdir()] == ["0"]  # no temporary file left behind
+
+    summary = run(spark, isolated, EX)
+    silver, _ = landed(spark, isolated)
+    assert summary.read == 3 and set(silver) == {100, 101, 102}  # the stream started where the file says

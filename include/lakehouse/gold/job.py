@@ -29,7 +29,7 @@ from lakehouse.errors import ConcurrentWriterError, concurrent_checkpoint_write,
 from lakehouse.gold.writer import BatchStats, GoldBatchWriter
 from lakehouse.metrics import StatsD
 from lakehouse.settings import Settings
-from lakehouse.streaming import TargetProgress, await_target, upstream_target
+from lakehouse.streaming import TargetProgress, await_target, ensure_initial_offset, upstream_target
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -88,6 +88,7 @@ def run_source(spark: SparkSession, settings: Settings, exchange: str,
               .option("checkpointLocation", checkpoint)
               .trigger(processingTime="0 seconds")
               .foreachBatch(progress.bounded(writer, checkpoint)))
+    ensure_initial_offset(settings, names.silver_table(exchange), checkpoint)
     try:
         query = stream.start()
     except (Py4JJavaError, PySparkException) as err:

@@ -35,17 +35,25 @@ class StreamPosition:
     position: int
 
 
-def _local_dir(uri: str) -> Path | None:
+def local_dir(uri: str) -> Path | None:
+    """The directory of a ``file:`` or scheme-less checkpoint URI; None for a remote one."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return Path(unquote(parsed.path))
     return None
 
 
-def _batch_ids(directory: Path) -> list[int]:
+def batch_ids(directory: Path) -> list[int]:
+    """The micro-batch ids logged in a checkpoint's ``offsets`` or ``commits`` directory, ascending."""
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def initial_offset_file(directory: Path) -> Path:
+    """Where Iceberg's streaming source keeps a checkpoint's initial offset (its ``InitialOffsetStore``:
+    ``<checkpoint>/sources/<source index>/offsets/0``; every layer stream has one source)."""
+    return directory / "sources" / "0" / "offsets" / "0"
 
 
 class Undecided(Exception):
@@ -58,10 +66,10 @@ def committed_position(checkpoint_uri: str) -> StreamPosition | None:
     Raises :class:`Undecided` for a checkpoint that is not a local directory, and when a planned
     batch is not committed yet (a run was refused or killed mid-batch: the next run redoes it).
     """
-    directory = _local_dir(checkpoint_uri)
+    directory = local_dir(checkpoint_uri)
     if directory is None:
         raise Undecided(f"checkpoint {checkpoint_uri} is not on a local file system")
-    offsets, commits = _batch_ids(directory / "offsets"), _batch_ids(directory / "commits")
+    offsets, commits = batch_ids(directory / "offsets"), batch_ids(directory / "commits")
     if not offsets:
         return None
     if not commits or offsets[-1] > commits[-1]:

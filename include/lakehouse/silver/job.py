@@ -45,7 +45,7 @@ from lakehouse.silver.tasks import (
 )
 from lakehouse.silver.transform import LINEAGE, SOURCE_COLUMNS, from_bronze
 from lakehouse.silver.writer import appended_rows, batch_tag, commit_tagged, tagged_snapshot
-from lakehouse.streaming import Target, TargetProgress, await_target, upstream_target
+from lakehouse.streaming import Target, TargetProgress, await_target, ensure_initial_offset, upstream_target
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -384,6 +384,7 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
         .option("checkpointLocation", checkpoint)
         .trigger(processingTime="0 seconds")
         .foreachBatch(progress.bounded(handle, checkpoint)))
+    ensure_initial_offset(settings, names.bronze_table(exchange), checkpoint)
     try:
         query: StreamingQuery = stream.start()
     except (Py4JJavaError, PySparkException) as err:
