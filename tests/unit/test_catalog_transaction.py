@@ -53,3 +53,40 @@ def test_the_pyiceberg_api_it_overrides_is_still_there() -> None:
     assert isinstance(vars(Transaction).get("table_metadata"), property), \
         "pyiceberg's Transaction.table_metadata is no longer a property: revisit lakehouse.catalog.transaction"
     assert {"_table", "_updates"} <= set(Transaction.__annotations__), Transaction.__annotations__
+
+
+def test_staged_metadata_is_pyiceberg_s_own_result_and_leaves_the_base_unchanged(table: Table) -> None:
+    """staged_metadata drops update_table_metadata's final deep copy: only safe while every update
+    builds new containers instead of changing the base's, which this checks on a real append."""
+    from pyiceberg.table.update import update_table_metadata
+
+    from lakehouse.catalog import staged_metadata
+
+    with transaction(table) as tx:
+        tx.append(pa.table({"trade_id": [1]}), snapshot_properties={"batch": "first"})
+    table.refresh()
+    tx = transaction(table)
+    tx.set_properties(owner="lakehouse")
+    tx.append(pa.table({"trade_id": [2]}), snapshot_properties={"batch": "second"})
+    base, updates = table.metadata, tx._updates
+    before = base.model_dump_json()
+    ours = staged_metadata(base, updates, table.metadata_location)
+    theirs = update_table_metadata(base, updates, metadata_location=table.metadata_location)
+    assert base.model_dump_json() == before, "staging changed the base metadata"
+    assert ours.model_dump(exclude={"last_updated_ms"}) == theirs.model_dump(exclude={"last_updated_ms"})
+    assert len(ours.snapshots) == 2 and ours.properties["owner"] == "lakehouse"
+    assert ours.metadata_log[-1].metadata_file == table.metadata_location
+
+
+def test_the_pyiceberg_internals_staging_uses_are_still_there() -> None:
+    import inspect
+
+    from pyiceberg.table import update
+
+    for name in ("_apply_table_update", "_TableMetadataUpdateContext", "_update_table_metadata_log"):
+        assert hasattr(update, name), f"pyiceberg.table.update.{name} is gone: revisit lakehouse.catalog.staged_metadata"
+    source = inspect.getsource(update.update_table_metadata)
+    assert "model_copy(deep=True)" in source and "_apply_table_update" in source, \
+        "pyiceberg's update_table_metadata changed: compare it with lakehouse.catalog.staged_metadata"
+    stage = inspect.signature(SqlCatalog._update_and_stage_table)
+    assert list(stage.parameters) == ["self", "current_table", "table_identifier", "requirements", "updates"]
