@@ -9,7 +9,7 @@ of the simulated time of that commit (so hours and days close as they would live
 Measured runs are the real layer functions in one warm SparkSession: ``run_bronze`` (what the
 Bronze job calls) over one new minute of Kafka records (300 at scale 1, produced with
 confluent-kafka), then ``lakehouse.silver.job.run`` over the Bronze rows that run committed;
-each figure is the median of 3 such runs, timed at commit 10 and at commit 1,440 of each
+each figure is the median of 5 such runs, timed at commit 10 and at commit 1,440 of each
 exchange (each real run adds its own commit, so the counts are approximate; the snapshot
 counts are reported). The floor of this benchmark is the run at commit 10 (the same work on a
 young table): ``maint_<layer>_ratio_<label>`` is the run at 1,440 over that exchange's own run
@@ -79,7 +79,7 @@ COMMITS = 1440  # one day of one-minute micro-batches
 EARLY = 10  # the commit the late runs are compared with
 HOUR = 60  # commits between two maintenance passes of the maintained exchange
 RECORDS = 300  # Kafka records per minute
-REPEATS = 3  # timed runs per point (the median is reported)
+REPEATS = 5  # timed runs per point (the median is reported)
 # Synthetic Bronze rows get offsets far past anything produced (they are not in the topic).
 SYNTHETIC_OFFSET = 10**12
 
