@@ -9,6 +9,7 @@ SQLITE_JDBC ?= /usr/share/java/sqlite-jdbc.jar
 PYTEST_ARGS ?=
 
 .PHONY: setup check-java check-jdbc test test-slow test-unit test-faults bench run up down status clean help
+.PHONY: check-monitoring-tools
 
 help:
 	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
@@ -17,9 +18,9 @@ help:
 	@echo "make test-faults - only the fault tier (kills, restarts, races, outages): the README's fault table"
 	@echo "make bench  - run the benchmarks (BENCH lines), including each layer's per-run cost breakdown"
 	@echo "make bench-sustained - the whole orchestrated pipeline at RATE=2000 trades/s for MINUTES=15"
-	@echo "make setup  - only install (virtualenv, Python packages, JDBC driver check)"
+	@echo "make setup  - only install (virtualenv, Python packages, JDBC driver check, promtool/amtool)"
 
-setup: $(STAMP) check-java check-jdbc $(JVM_ARCHIVE)
+setup: $(STAMP) check-java check-jdbc check-monitoring-tools $(JVM_ARCHIVE)
 
 # The Spark driver's class-data-sharing archive (see include/lakehouse/jvm_archive.py): every layer
 # run maps the classes it loads from it instead of reading them from jars. Rebuilt when the
@@ -53,6 +54,32 @@ check-jdbc:
 	  fi; \
 	fi
 	@test -f $(SQLITE_JDBC) || { echo "SQLite JDBC driver missing: apt-get install libxerial-sqlite-jdbc-java"; exit 1; }
+
+MONITORING_PACKAGES := prometheus prometheus-alertmanager
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
+
+# promtool and amtool check the Prometheus and Alertmanager files under monitoring/ (tests/monitoring,
+# which skip without them). Installed from Debian's packages when running as root, never fatal.
+# Without recommends: the node exporter they pull in would listen on 9100. A policy-rc.d that
+# refuses every start is put in place for the install (unless one exists, as in containers) so the
+# packages' init scripts leave no prometheus (9090) or alertmanager (9093) daemon behind.
+check-monitoring-tools:
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Prometheus tools ($(MONITORING_PACKAGES))"; \
+	    policy=$(POLICY_RC_D); own_policy=; \
+	    if [ ! -e $$policy ]; then \
+	      printf '#!/bin/sh\nexit 101\n' > $$policy && chmod 755 $$policy && own_policy=1; \
+	      trap 'rm -f '"$$policy" EXIT; \
+	    fi; \
+	    install="apt-get install -y -qq --no-install-recommends $(MONITORING_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive $$install >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$install >/dev/null 2>&1; } || true; \
+	    if [ -n "$$own_policy" ]; then rm -f $$policy; fi; \
+	  fi; \
+	fi
+	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
+	  echo "warning: promtool/amtool missing (apt-get install $(MONITORING_PACKAGES)): tests/monitoring skips their checks"
 
 # Every tier except the three slowest scenarios (marker "slow", ~6 min together), which CI runs next
 # (.ci/run): 'make test' stays a loop a developer waits for.
