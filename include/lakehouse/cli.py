@@ -171,7 +171,8 @@ def cmd_jvm_archive(args: argparse.Namespace, settings: Settings) -> int:
 # Modules contributing sub-commands: each defines ``add_commands(subparsers)`` whose parsers set
 # ``func`` to a handler ``(args, settings) -> exit code``.
 COMMAND_MODULES: tuple[str, ...] = ("lakehouse.orchestration.cli", "lakehouse.producer.cli", "lakehouse.silver.cli",
-                                    "lakehouse.maintenance_cli", "lakehouse.bench.sustained")  # lakehouse bench sustained
+                                    "lakehouse.maintenance_cli", "lakehouse.monitor.cli",
+                                    "lakehouse.bench.sustained")  # lakehouse bench sustained
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,6 +78,7 @@ SILVER_REPLAY_DAG = "silver_replay"
 DLQ_REPLAY_DAG = "dlq_replay"
 MAINTENANCE_DAG = "iceberg_maintenance"
 DLQ_RETENTION_DAG = "dlq_retention"
+MONITOR_DAG = "pipeline_monitor"
 # Pool bounding concurrent Spark applications (slots: settings.airflow_spark_pool_slots).
 SPARK_POOL = "lakehouse_spark"
 SPARK_CONN_ID = "spark_default"
@@ -118,6 +119,8 @@ def gold_checkpoint(settings: Settings, exchange: str) -> str:
 SILVER_BATCH_PROPERTY = "lakehouse.silver.batch"
 # Dead-lettered rows of that batch by error_type (JSON), on its Silver and dead-letter commits.
 SILVER_DEAD_PROPERTY = "lakehouse.silver.dead-lettered"
+# The exchange of that batch, on the same commits: the dead-letter table is shared by every exchange.
+SILVER_EXCHANGE_PROPERTY = "lakehouse.silver.exchange"
 
 
 # --- Run reports (issue 11) --------------------------------------------------------------------

@@ -112,6 +112,23 @@ class Settings:
                                        "the longest task timeout plus a margin.", 72.0)
     dlq_archive_days: int = _doc("Dead-letter rows older than this move to silver_dlq_trades_archive.", 30)
     dlq_purge_days: int = _doc("Archived dead-letter rows older than this are deleted, files included.", 90)
+    # --- monitoring (issue 14): the pipeline_monitor DAG and its alert rules --------------------
+    monitor_schedule: str = _doc("Schedule of the pipeline_monitor DAG (cron or Airflow preset).", "* * * * *")
+    alert_lag_warning_s: float = _doc("Kafka lag into Bronze, seconds behind, that raises a warning.", 120.0)
+    alert_lag_critical_s: float = _doc("Kafka lag into Bronze, seconds behind, that is critical.", 300.0)
+    alert_dlq_rate_warning: float = _doc("Dead-letter share of a layer's rows (0-1, over the DLQ window) that raises "
+                                         "a warning.", 0.01)
+    alert_dlq_rate_critical: float = _doc("Dead-letter share of rows (0-1, over the DLQ window) that is critical.",
+                                          0.05)
+    alert_dlq_window_minutes: int = _doc("Window of the dead-letter rate, minutes (from snapshot summaries).", 15)
+    alert_job_down_warning_s: float = _doc("A layer with no progress for this long while its input has new "
+                                           "records is falling behind (warning), seconds.", 120.0)
+    alert_job_down_critical_s: float = _doc("A layer with no progress for this long while its input has new records "
+                                            "is down (critical), seconds.", 300.0)
+    alert_producer_down_warning_s: float = _doc("A topic whose end offsets have not moved for this long raises a "
+                                                "producer-down warning, seconds.", 300.0)
+    alert_for_s: float = _doc("How long a threshold must hold before its alert fires, seconds.", 0.0)
+    alert_repeat_minutes: int = _doc("A firing alert is notified again this often while it fires, minutes.", 60)
     # --- producers -----------------------------------------------------------------------
     producer_rate: float = _doc("Default replay rate in trades/s per exchange for 'make run'.", 200.0)
     producer_compression: str = _doc("Kafka producer compression codec.", "zstd")
@@ -356,6 +373,23 @@ def _validate(s: Settings) -> None:
         raise bad("orphan_min_age_hours", f"must be at least {shortest_orphan_age_s / 3600:.2f} hours (the longest "
                   f"task timeout plus {ORPHAN_AGE_MARGIN_S // 3600} h): a file a running job is writing must never "
                   f"be deleted")
+    # Monitoring (issue 14)
+    for positive in ("alert_lag_warning_s", "alert_lag_critical_s", "alert_dlq_rate_warning",
+                     "alert_dlq_rate_critical", "alert_dlq_window_minutes", "alert_job_down_warning_s",
+                     "alert_job_down_critical_s",
+                     "alert_producer_down_warning_s", "alert_repeat_minutes"):
+        if getattr(s, positive) <= 0:
+            raise bad(positive, "must be greater than zero")
+    if s.alert_for_s < 0:
+        raise bad("alert_for_s", "must be zero or positive")
+    if s.alert_lag_critical_s < s.alert_lag_warning_s:
+        raise bad("alert_lag_critical_s", f"must not be below LAKEHOUSE_ALERT_LAG_WARNING_S ({s.alert_lag_warning_s})")
+    if s.alert_job_down_critical_s < s.alert_job_down_warning_s:
+        raise bad("alert_job_down_critical_s", f"must not be below LAKEHOUSE_ALERT_JOB_DOWN_WARNING_S "
+                  f"({s.alert_job_down_warning_s})")
+    if not s.alert_dlq_rate_warning <= s.alert_dlq_rate_critical <= 1:
+        raise bad("alert_dlq_rate_critical", f"must be between LAKEHOUSE_ALERT_DLQ_RATE_WARNING "
+                  f"({s.alert_dlq_rate_warning}) and 1")
     # Silver (issue 5) and the streams' polling
     for positive in ("silver_max_rows_per_batch", "silver_poll_interval_s", "gold_poll_interval_s",
                      "silver_rows_per_file", "silver_split_size_mb"):

@@ -23,6 +23,8 @@ LAYER_DAGS = {names.BRONZE_DAG: "bronze", names.SILVER_DAG: "silver", names.GOLD
 MANUAL_DAGS = {names.SILVER_REPLAY_DAG, names.DLQ_REPLAY_DAG}
 # Scheduled housekeeping DAGs (neither a layer nor manual).
 HOUSEKEEPING_DAGS = {names.DLQ_RETENTION_DAG, names.MAINTENANCE_DAG}
+# The monitor: no Spark, so none of the Spark task policy (see its own test).
+MONITOR_DAGS = {names.MONITOR_DAG}
 NOTIFIER = "lakehouse.orchestration.notify.LakehouseNotifier"
 
 # Runs in a fresh interpreter: every way to reach the network or a database raises, then each DAG
@@ -70,13 +72,13 @@ def test_dag_files_import_without_network_or_database(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
-    assert {dag_id for ids in result.values() for dag_id in ids} == set(LAYER_DAGS) | MANUAL_DAGS | HOUSEKEEPING_DAGS
+    assert {dag_id for ids in result.values() for dag_id in ids} == set(LAYER_DAGS) | MANUAL_DAGS | HOUSEKEEPING_DAGS | MONITOR_DAGS
     assert all(len(ids) == 1 for ids in result.values()), result
 
 
 def test_dagbag_loads_every_dag_without_errors(dagbag: Any) -> None:  # noqa: F811
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == set(LAYER_DAGS) | MANUAL_DAGS | HOUSEKEEPING_DAGS
+    assert set(dagbag.dag_ids) == set(LAYER_DAGS) | MANUAL_DAGS | HOUSEKEEPING_DAGS | MONITOR_DAGS
 
 
 def test_every_dag_has_tags_owner_docs_retries_timeout_pool_and_failure_alert(dagbag: Any) -> None:  # noqa: F811
@@ -86,6 +88,8 @@ def test_every_dag_has_tags_owner_docs_retries_timeout_pool_and_failure_alert(da
         assert "When it fails" in (dag.doc_md or ""), dag.dag_id
         assert dag.catchup is False and dag.max_active_runs == 1, dag.dag_id
         assert dag.tasks, dag.dag_id
+        if dag.dag_id in MONITOR_DAGS:
+            continue
         for task in dag.tasks:
             where = f"{dag.dag_id}.{task.task_id}"
             assert task.owner == "lakehouse", where
@@ -277,3 +281,17 @@ def test_maintenance_task_submits_its_tables_job_without_the_pending_check(dagba
     assert argv[app + 1:app + 3] == ["--table", table]
     report = Path(argv[argv.index("--report") + 1])
     assert report.parent == names.run_report_dir(settings, "maintenance") / table.rpartition(".")[2]
+
+
+def test_the_monitor_runs_every_minute_unpaused_outside_the_spark_pool_without_retries_or_alert_storms(
+        dagbag: Any) -> None:  # noqa: F811
+    """A monitor queued behind Spark jobs would be late exactly when it matters; retried or alerting
+    on its own failure, a monitor that cannot reach Kafka would alert every minute."""
+    dag = dagbag.dags[names.MONITOR_DAG]
+    assert dag.is_paused_upon_creation is False
+    assert dag.schedule == "* * * * *"
+    (task,) = dag.tasks
+    assert task.pool != names.SPARK_POOL and task.retries == 0 and task.owner == "lakehouse"
+    assert task.execution_timeout is not None and task.execution_timeout < dt.timedelta(minutes=1)
+    assert not task.on_failure_callback
+    assert task.doc_md and "When it fails" in (dag.doc_md or "")

@@ -1,7 +1,9 @@
 """What ``make run`` runs (``lakehouse run-all``), in a temp home on free ports: the Airflow UI comes
 up, Gold fills with trades from both exchanges, the maintenance DAGs run on their schedules without
 anyone unpausing them, the README's manual triggers (``lakehouse airflow dags trigger``) get runs
-that succeed, and SIGTERM leaves no process behind.
+that succeed, pausing the Silver DAG makes the monitor's Silver figures grow and its job-down alert
+fire as a warning then as critical (once each) and resolve once Silver is unpaused, and SIGTERM
+leaves no process behind.
 
 The seconds to UI and to Gold are printed (a figure, not an assertion: performance is measured,
 never asserted by a timed test); the timeouts below only bound a hung run.
@@ -26,6 +28,7 @@ from conftest import free_port, make_env
 from lakehouse import names
 from lakehouse.broker import port_open
 from lakehouse.catalog import load_catalog
+from lakehouse.orchestration.alerts import alerts_log_path
 from lakehouse.orchestration.environment import metadata_db_path, ui_healthy
 from lakehouse.settings import Settings, load_settings
 
@@ -88,9 +91,72 @@ def _tree(root: int) -> list[psutil.Process]:
         return []
 
 
-@pytest.mark.timeout(1800)
+# The monitor runs once a minute: a warning threshold more than a minute below the critical one
+# guarantees a run that sees the warning before one sees the critical.
+JOB_DOWN_WARNING_S, JOB_DOWN_CRITICAL_S = 30, 150
+
+
+def _lakehouse(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lakehouse", *args], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def _silver_alerts(settings: Settings) -> list[tuple[str, str, str]]:
+    """(event, severity, exchange) of every job_down alert on Silver in the alert log, in order."""
+    path = alerts_log_path(settings)
+    lines = [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+    return [(ln["event"], ln["severity"], ln["details"]["labels"]["exchange"]) for ln in lines
+            if ln["details"].get("rule") == "job_down" and ln["details"]["labels"].get("layer") == "silver"]
+
+
+def _silver_stalled(env: dict[str, str]) -> dict[str, float]:
+    done = _lakehouse(env, "health", "--json")
+    assert done.returncode in (0, 1, 2), done.stderr[-2000:]
+    figures = json.loads(done.stdout)["figures"]
+    return {f["labels"]["exchange"]: f["value"] for f in figures
+            if f["name"] == "stalled_seconds" and f["labels"]["layer"] == "silver"}
+
+
+def _silver_paused_alerts_then_resolves(env: dict[str, str], settings: Settings, proc: subprocess.Popen[bytes],
+                                        log: Path) -> None:
+    # A slow Silver run may already have raised a warning that is still open: the episode under test
+    # starts after the last resolved message before the pause.
+    episode_start = {}
+    for ex in settings.exchanges:
+        events = [e[0] for e in _silver_alerts(settings) if e[2] == ex]
+        resolved = [i for i, event in enumerate(events) if event == "rule_resolved"]
+        episode_start[ex] = resolved[-1] + 1 if resolved else 0
+    paused = _lakehouse(env, "airflow", "dags", "pause", names.SILVER_DAG)
+    assert paused.returncode == 0, paused.stdout[-2000:] + paused.stderr[-2000:]
+    grown: list[dict[str, float]] = []
+
+    def episode(ex: str) -> list[tuple[str, str]]:
+        return [e[:2] for e in _silver_alerts(settings) if e[2] == ex][episode_start[ex]:]
+
+    def warned_then_critical() -> bool:
+        grown.append(_silver_stalled(env))
+        return all(("rule_firing", "critical") in episode(ex) for ex in settings.exchanges)
+
+    _wait_for("Silver's job_down alert at critical", warned_then_critical, proc, log, timeout_s=600)
+    for ex in settings.exchanges:
+        assert episode(ex) == [("rule_firing", "warning"), ("rule_firing", "critical")], _silver_alerts(settings)
+        assert grown[-1][ex] > JOB_DOWN_CRITICAL_S and grown[-1][ex] > grown[0][ex], grown
+    unpaused = _lakehouse(env, "airflow", "dags", "unpause", names.SILVER_DAG)
+    assert unpaused.returncode == 0, unpaused.stdout[-2000:] + unpaused.stderr[-2000:]
+    _wait_for("Silver's job_down alert resolved",
+              lambda: all(("rule_resolved", "info") in episode(ex) for ex in settings.exchanges),
+              proc, log, timeout_s=600)
+    for ex in settings.exchanges:
+        assert [e[0] for e in episode(ex)] == ["rule_firing", "rule_firing", "rule_resolved"], _silver_alerts(settings)
+    runs, _ = _runs(settings)
+    assert not {k: v for k, v in runs.items() if v == "failed"}, f"runs failed: {runs}\n{_tail(log)}"
+
+
+@pytest.mark.timeout(2400)
 def test_run_all_serves_the_ui_fills_gold_and_stops_without_leftovers(tmp_path: Path) -> None:
-    lakehouse_env = make_env(tmp_path / "home", LAKEHOUSE_AIRFLOW_PORT=str(free_port()))
+    lakehouse_env = make_env(tmp_path / "home", LAKEHOUSE_AIRFLOW_PORT=str(free_port()),
+                             LAKEHOUSE_ALERT_JOB_DOWN_WARNING_S=str(JOB_DOWN_WARNING_S),
+                             LAKEHOUSE_ALERT_JOB_DOWN_CRITICAL_S=str(JOB_DOWN_CRITICAL_S))
     settings = load_settings(lakehouse_env)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEHOUSE_", "AIRFLOW"))}
     env.update(lakehouse_env)
@@ -133,6 +199,7 @@ def test_run_all_serves_the_ui_fills_gold_and_stops_without_leftovers(tmp_path: 
                   gold_has_both_and_runs_done, proc, log, timeout_s=1200)
         print(f"\nrun-all: UI after {ui_s:.0f}s, Gold with {', '.join(settings.exchanges)} after {gold_s:.0f}s, "
               f"scheduled maintenance started and the manual replay done after {time.monotonic() - started:.0f}s")
+        _silver_paused_alerts_then_resolves(env, settings, proc, log)
         for p in _tree(proc.pid):
             seen.setdefault(p.pid, p)
     finally:

@@ -156,6 +156,46 @@ def _observe(topic: str, msgs: Sequence[Any], seen: dict[int, int]) -> None:
         seen[p] = max(seen.get(p, boundary), boundary)
 
 
+def record_timestamps(bootstrap: str, group_id: str, topic: str, offsets: Mapping[int, int],
+                      timeout_s: float) -> dict[int, int]:
+    """Per partition, the Kafka timestamp (ms) of the record at ``offsets[p]``: one short fetch each.
+
+    A partition whose offset is past its end (or whose record is gone) is left out. Used by the
+    monitor for "how old is the oldest record Bronze has not read" and "when did the last record
+    arrive"; it reads at most one fetch per partition, never the backlog.
+    """
+    if not offsets:
+        return {}
+    consumer = Consumer(consumer_config(bootstrap, group_id, **{"fetch.wait.max.ms": 10,
+                                                                "auto.offset.reset": "latest",
+                                                                "max.partition.fetch.bytes": 64 * 1024}))
+    found: dict[int, int] = {}
+    answered: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+        while len(answered) < len(offsets):
+            if time.monotonic() > deadline:
+                missing = sorted(set(offsets) - answered)
+                raise KafkaUnavailableError(f"no fetch answer from {topic} partitions {missing} within {timeout_s:g}s")
+            for msg in consumer.consume(100, 0.05):
+                p, err = msg.partition(), msg.error()
+                if p in answered:
+                    continue
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaUnavailableError(f"reading {topic} partition {p}: {err.str()}")
+                answered.add(p)
+                if err is None and msg.offset() == offsets[p]:
+                    kind, stamp = msg.timestamp()
+                    if kind != 0:  # TIMESTAMP_NOT_AVAILABLE
+                        found[p] = stamp
+    except KafkaException as err:
+        raise KafkaUnavailableError(f"reading {topic}: {_kafka_error(err)}") from err
+    finally:
+        consumer.close()
+    return found
+
+
 def commit_group(bootstrap: str, group_id: str, topic: str, next_offsets: Mapping[int, int],
                  known_ends: Mapping[int, int], timeout_s: float) -> dict[int, int]:
     """Commit ``next_offsets`` to the consumer group and return the lag (end - committed) per partition.

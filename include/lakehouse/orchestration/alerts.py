@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 ALERT_METRIC = "alerts"
 DEADLINE_MISSED = "deadline_missed"
 TASK_FAILED = "task_failed"
-EVENTS = (DEADLINE_MISSED, TASK_FAILED)
-SEVERITY = {DEADLINE_MISSED: "warning", TASK_FAILED: "error"}
+# The pipeline monitor's rules (lakehouse.monitor): an alert starts, keeps or stops firing.
+RULE_FIRING = "rule_firing"
+RULE_RESOLVED = "rule_resolved"
+EVENTS = (DEADLINE_MISSED, TASK_FAILED, RULE_FIRING, RULE_RESOLVED)
+SEVERITY = {DEADLINE_MISSED: "warning", TASK_FAILED: "error", RULE_FIRING: "warning", RULE_RESOLVED: "info"}
 
 
 class AlertDeliveryError(RuntimeError):
@@ -57,6 +60,7 @@ class Alert:
     details: Mapping[str, Any] = field(default_factory=dict)
     emitted_at: str = field(default_factory=_now)
     host: str = field(default_factory=socket.gethostname)
+    level: str | None = None  # the severity, when the event does not fix it (a rule's warning or critical)
 
     def __post_init__(self) -> None:
         if self.event not in EVENTS:
@@ -64,7 +68,7 @@ class Alert:
 
     @property
     def severity(self) -> str:
-        return SEVERITY[self.event]
+        return self.level or SEVERITY[self.event]
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

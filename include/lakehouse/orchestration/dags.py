@@ -31,6 +31,7 @@ EVERY_MINUTE = "* * * * *"
 # Any fixed past date: with catchup off only the latest interval is ever scheduled.
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 TAG = "lakehouse"
+MONITOR_TIMEOUT_S = 50  # a monitor run must end before the next minute's starts
 # Params of the manual DAGs end up as argv entries of the ``lakehouse`` CLI: both patterns start
 # with a digit or letter, so a value can never be read as an option.
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?$"
@@ -97,6 +98,22 @@ def housekeeping_dag_kwargs(settings: Settings, schedule: str, layer: str) -> di
         "max_active_runs": 1,
         "is_paused_upon_creation": False,
         "default_args": task_defaults(settings, layer, timeout_s=settings.airflow_replay_timeout_s),
+    }
+
+
+def monitor_dag_kwargs(settings: Settings) -> dict[str, Any]:
+    """The pipeline monitor: every minute, unpaused at creation, never queued behind Spark (its own
+    default pool), no retries (the next minute is the retry) and no failure alert (a monitor that
+    cannot read Kafka would alert every minute; Prometheus watches for its figures going absent)."""
+    return {
+        "schedule": settings.monitor_schedule,
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "is_paused_upon_creation": False,
+        "dagrun_timeout": dt.timedelta(seconds=MONITOR_TIMEOUT_S + 10),
+        "default_args": {"owner": OWNER, "retries": 0,
+                         "execution_timeout": dt.timedelta(seconds=MONITOR_TIMEOUT_S)},
     }
 
 

@@ -181,7 +181,7 @@ def process_batch(bronze_rows: DataFrame, settings: Settings, exchange: str, tag
 def _commit(table: Table, data_files: Sequence[DataFile], properties: Mapping[str, str], exchange: str) -> None:
     """The batch's tagged commit to ``table``; losing it to another run is a :class:`SilverConcurrentWriterError`."""
     try:
-        commit_tagged(table, data_files, properties)
+        commit_tagged(table, data_files, {**properties, names.SILVER_EXCHANGE_PROPERTY: exchange})
     except TagCommittedError as err:
         raise SilverConcurrentWriterError(
             f"another Silver run of {exchange} committed batch {properties[names.SILVER_BATCH_PROPERTY]} to "

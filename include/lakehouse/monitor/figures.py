@@ -1,0 +1,328 @@
+"""The pipeline's health figures, per exchange and layer, from metadata only: no Spark, no scans.
+
+What is read: Kafka end offsets and one record timestamp per lagging partition, each table's
+snapshot list (commit times, summaries), the manifests of each table's newest append (column
+upper bounds for the newest event time), and the streams' local checkpoints (what Silver and Gold
+have consumed). A run costs a fraction of a second of CPU, so the ``pipeline_monitor`` DAG runs it
+every minute without the Spark pool, and ``lakehouse health`` on demand.
+
+Figures (gauge names; :mod:`lakehouse.monitor.rules` watches some of them):
+
+- ``kafka_lag_records`` / ``kafka_lag_seconds``: records in Kafka that Bronze has not committed,
+  and now minus the Kafka timestamp of the oldest of them (0 when caught up).
+- ``commit_age_seconds`` / ``event_age_seconds`` per table: now minus its last commit, and now
+  minus the newest event time in it.
+- ``end_to_end_seconds``: now minus the oldest trade produced but not yet in Gold. A record is
+  known to wait in Kafka (its timestamp), in Bronze (the commit time of the first Bronze append
+  Silver has not read) or in Silver (the same for Gold); the oldest of those is taken, so the
+  figure is exact at the Kafka step and a lower bound of a few seconds at the others.
+- ``dlq_rate`` per error type and over all (``error_type=all``): dead letters over dead letters
+  plus Silver rows, from the snapshot summaries of the last ``LAKEHOUSE_ALERT_DLQ_WINDOW_MINUTES``.
+- ``stalled_seconds`` per layer: how long the layer has made no progress while its input has
+  records it has not read (0 when it has nothing to do).
+- ``producer_idle_seconds`` per topic: now minus the timestamp of its newest record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lakehouse import names
+from lakehouse.monitor.alerting import Figure
+from lakehouse.monitor.rules import (ALL_ERROR_TYPES, DLQ_RATE, KAFKA_LAG_SECONDS, PRODUCER_IDLE_SECONDS,
+                                     STALLED_SECONDS)
+from lakehouse.orchestration.pending import batch_ids, local_dir
+from lakehouse.settings import Settings
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+    from pyiceberg.table.snapshots import Snapshot
+
+log = logging.getLogger(__name__)
+
+KAFKA_LAG_RECORDS = "kafka_lag_records"
+COMMIT_AGE_SECONDS = "commit_age_seconds"
+EVENT_AGE_SECONDS = "event_age_seconds"
+END_TO_END_SECONDS = "end_to_end_seconds"
+FIGURE_NAMES = (KAFKA_LAG_RECORDS, KAFKA_LAG_SECONDS, COMMIT_AGE_SECONDS, EVENT_AGE_SECONDS, END_TO_END_SECONDS,
+                DLQ_RATE, STALLED_SECONDS, PRODUCER_IDLE_SECONDS)
+# The column holding each layer's event time: Kafka's record time in Bronze, the trade's time after.
+EVENT_COLUMNS = {"bronze": "timestamp", "silver": "timestamp", "gold": "timestamp", "dlq": "dlq_timestamp"}
+
+
+@dataclass
+class Health:
+    """What one monitor run measured, and what it could not (one line per failure)."""
+
+    at: float
+    figures: list[Figure] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    unmeasured: set[str] = field(default_factory=set)  # figures missing because of an error
+
+    def add(self, name: str, value: float, context: dict[str, Any] | None = None, **labels: str) -> None:
+        self.figures.append(Figure(name, labels, float(value), context or {}))
+
+    def failed(self, figures: Iterable[str], what: str, err: Exception) -> None:
+        self.unmeasured.update(figures)
+        self.errors.append(f"{what}: {err}")
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return next((f.value for f in self.figures
+                     if f.name == name and all(f.labels.get(k) == v for k, v in labels.items())), None)
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """Where a stream's checkpoint stands: the upstream snapshot its last committed batch reached
+    (None before its first batch) and when that batch was committed (epoch seconds)."""
+
+    snapshot_id: int | None
+    position: int
+    committed_at: float | None
+
+
+def stream_progress(checkpoint_uri: str) -> StreamProgress | None:
+    """The last *committed* batch of a local checkpoint (a batch in flight does not count yet);
+    None for a remote checkpoint, which the monitor cannot read."""
+    directory = local_dir(checkpoint_uri)
+    if directory is None:
+        return None
+    commits = batch_ids(directory / "commits")
+    if not commits:
+        return StreamProgress(None, 0, None)
+    last = commits[-1]
+    lines = [ln for ln in (directory / "offsets" / str(last)).read_text().splitlines() if ln.strip()]
+    offset = json.loads(lines[-1])
+    committed_at = (directory / "commits" / str(last)).stat().st_mtime
+    return StreamProgress(int(offset["snapshot_id"]), int(offset["position"]), committed_at)
+
+
+def _appends(table: Table) -> list[Snapshot]:
+    """The append snapshots of main's history, oldest first (what an Iceberg stream reads)."""
+    metadata = table.metadata
+    out = []
+    snap = table.current_snapshot()
+    while snap is not None:
+        if snap.summary is not None and snap.summary.operation.value == "append":
+            out.append(snap)
+        snap = metadata.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    return out[::-1]
+
+
+def oldest_unread_append(table: Table, progress: StreamProgress) -> Snapshot | None:
+    """The oldest append of ``table`` that a stream at ``progress`` has not read completely."""
+    appends = _appends(table)
+    if progress.snapshot_id is None:
+        return appends[0] if appends else None
+    consumed = table.metadata.snapshot_by_id(progress.snapshot_id)
+    if consumed is None:  # expired under the stream: everything left is newer than it
+        return appends[0] if appends else None
+    for snap in appends:
+        if snap.snapshot_id == progress.snapshot_id:
+            added = int(snap.summary.get("added-data-files") or 0) if snap.summary is not None else 0
+            if progress.position < added:
+                return snap
+        elif (snap.sequence_number or 0) > (consumed.sequence_number or 0):
+            return snap
+    return None
+
+
+def newest_event_time(table: Table, column: str) -> float | None:
+    """The newest value of ``column`` (epoch seconds) in the files of the table's newest append,
+    from their column upper bounds (the manifests of that one snapshot, no data file is read)."""
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.types import LongType, TimestampType, TimestamptzType
+
+    appends = _appends(table)
+    if not appends:
+        return None
+    snap = appends[-1]
+    field_ = table.schema().find_field(column)
+    if not isinstance(field_.field_type, LongType | TimestampType | TimestamptzType):
+        raise TypeError(f"{column} of {'.'.join(table.name())} is {field_.field_type}, not a time")
+    newest: int | None = None
+    for manifest in snap.manifests(table.io):
+        if manifest.added_snapshot_id != snap.snapshot_id:
+            continue
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            bound = (entry.data_file.upper_bounds or {}).get(field_.field_id)
+            if bound is not None:
+                value = from_bytes(field_.field_type, bound)
+                newest = value if newest is None else max(newest, value)
+    return None if newest is None else newest / 1_000_000  # microseconds in every layer
+
+
+def _commit_time(snap: Snapshot | None) -> float | None:
+    return None if snap is None else snap.timestamp_ms / 1000
+
+
+def _table_figures(health: Health, table: Table, layer: str, exchange: str, table_name: str) -> None:
+    now = health.at
+    snap = table.current_snapshot()
+    if snap is not None:
+        health.add(COMMIT_AGE_SECONDS, max(0.0, now - snap.timestamp_ms / 1000), layer=layer, exchange=exchange,
+                   table=table_name)
+    event = newest_event_time(table, EVENT_COLUMNS[layer])
+    if event is not None:
+        health.add(EVENT_AGE_SECONDS, max(0.0, now - event), layer=layer, exchange=exchange, table=table_name)
+
+
+def _kafka_figures(health: Health, settings: Settings, exchange: str, bronze: Table) -> float | None:
+    """Lag into Bronze and the producer's idle time; returns the age of the oldest unread record."""
+    from lakehouse.bronze import iceberg, kafka
+
+    now = health.at
+    topic = names.topic(settings, exchange)
+    group = names.bronze_reader_group(exchange)
+    timeout = settings.bronze_kafka_timeout_s
+    _, committed, _ = iceberg.offsets_on_main(bronze, topic)
+    marks = kafka.watermarks(settings.bootstrap_servers, group, topic, timeout)
+    starts = {p: max((committed or {}).get(p, 0), m.low) for p, m in marks.items()}
+    behind = {p: starts[p] for p, m in marks.items() if m.end > starts[p]}
+    records = sum(marks[p].end - start for p, start in behind.items())
+    oldest = kafka.record_timestamps(settings.bootstrap_servers, group, topic, behind, timeout)
+    lag_s = max(0.0, now - min(oldest.values()) / 1000) if oldest else 0.0
+    health.add(KAFKA_LAG_RECORDS, records, exchange=exchange)
+    health.add(KAFKA_LAG_SECONDS, lag_s, {"records": records}, exchange=exchange)
+    newest = kafka.record_timestamps(settings.bootstrap_servers, group, topic,
+                                     {p: m.end - 1 for p, m in marks.items() if m.end > m.low}, timeout)
+    if newest:
+        health.add(PRODUCER_IDLE_SECONDS, max(0.0, now - max(newest.values()) / 1000), exchange=exchange, topic=topic)
+    bronze_commit = _commit_time(bronze.current_snapshot())
+    stalled = 0.0
+    if records:
+        stalled = min(lag_s, now - bronze_commit) if bronze_commit is not None else lag_s
+    health.add(STALLED_SECONDS, max(0.0, stalled), layer="bronze", exchange=exchange)
+    return lag_s if records else None
+
+
+def _stream_figures(health: Health, upstream: Table, checkpoint: str, layer: str, exchange: str) -> float | None:
+    """The layer's stalled time; returns the age of the oldest upstream append it has not read."""
+    now = health.at
+    progress = stream_progress(checkpoint)
+    if progress is None:
+        health.unmeasured.add(STALLED_SECONDS)
+        health.errors.append(f"{layer} {exchange}: checkpoint {checkpoint} is not local; its progress is unknown")
+        return None
+    unread = oldest_unread_append(upstream, progress)
+    if unread is None:
+        health.add(STALLED_SECONDS, 0.0, layer=layer, exchange=exchange)
+        return None
+    waiting = max(0.0, now - unread.timestamp_ms / 1000)
+    stalled = waiting if progress.committed_at is None else min(waiting, now - progress.committed_at)
+    health.add(STALLED_SECONDS, max(0.0, stalled), layer=layer, exchange=exchange)
+    return waiting
+
+
+def dlq_rates(silver: Table, dlq: Table, exchange: str, since_ms: int) -> tuple[int, Counter[str]]:
+    """(Silver rows, dead letters by error type) that Silver runs of ``exchange`` committed after
+    ``since_ms``, from snapshot summaries: Silver appends' record counts, and the dead-letter
+    counts recorded on the dead-letter table's appends of that exchange."""
+    valid = sum(int(s.summary.get("added-records") or 0) for s in silver.metadata.snapshots
+                if s.timestamp_ms >= since_ms and s.summary is not None and s.summary.operation.value == "append")
+    dead: Counter[str] = Counter()
+    for snap in dlq.metadata.snapshots:
+        summary = snap.summary
+        if (snap.timestamp_ms < since_ms or summary is None or summary.operation.value != "append"
+                or summary.get(names.SILVER_EXCHANGE_PROPERTY) != exchange):
+            continue
+        try:
+            counts = json.loads(summary.get(names.SILVER_DEAD_PROPERTY) or "{}")
+        except ValueError:
+            counts = {}
+        if not counts:  # a commit without recorded counts: its added records, by unknown type
+            counts = {"unrecorded": int(summary.get("added-records") or 0)}
+        dead.update({str(k): int(v) for k, v in counts.items()})
+    return valid, dead
+
+
+def _dlq_figures(health: Health, settings: Settings, silver: Table, dlq: Table, exchange: str) -> None:
+    window = settings.alert_dlq_window_minutes
+    valid, dead = dlq_rates(silver, dlq, exchange, int((health.at - window * 60) * 1000))
+    total = valid + sum(dead.values())
+    shares = {t: (n / total if total else 0.0) for t, n in dead.most_common()}
+    words = ", ".join(f"{t} {s:.1%}" for t, s in shares.items()) or "none"
+    health.add(DLQ_RATE, sum(shares.values()), {"window": window, "error_types": words, "rows": total},
+               exchange=exchange, error_type=ALL_ERROR_TYPES)
+    for error_type, share in shares.items():
+        health.add(DLQ_RATE, share, {"window": window, "rows": total}, exchange=exchange, error_type=error_type)
+
+
+def collect(settings: Settings, now: float | None = None) -> Health:
+    """Every figure for every exchange. A part that cannot be read (Kafka down, a table missing)
+    is reported in :attr:`Health.errors` and the rest is still measured."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from lakehouse.bronze.errors import BronzeError
+    from lakehouse.catalog import load_catalog
+
+    health = Health(at=time.time() if now is None else now)
+    catalog = load_catalog(settings)
+    try:
+        dlq: Table | None = catalog.load_table(names.DLQ_TABLE)
+        gold: Table | None = catalog.load_table(names.GOLD_TABLE)
+    except NoSuchTableError as err:
+        health.failed((DLQ_RATE, END_TO_END_SECONDS), "tables", err)
+        dlq = gold = None
+    if gold is not None:
+        _table_figures(health, gold, "gold", "all", names.GOLD_TABLE)
+    for exchange in settings.exchanges:
+        try:
+            bronze = catalog.load_table(names.bronze_table(exchange))
+            silver = catalog.load_table(names.silver_table(exchange))
+        except NoSuchTableError as err:
+            health.failed(FIGURE_NAMES, f"{exchange} tables", err)
+            continue
+        _table_figures(health, bronze, "bronze", exchange, names.bronze_table(exchange))
+        _table_figures(health, silver, "silver", exchange, names.silver_table(exchange))
+        waits: list[float] = []
+        try:
+            kafka_wait = _kafka_figures(health, settings, exchange, bronze)
+            if kafka_wait is not None:
+                waits.append(kafka_wait)
+        except BronzeError as err:  # Kafka down or topic missing: one line, the rest goes on
+            health.failed((KAFKA_LAG_RECORDS, KAFKA_LAG_SECONDS, PRODUCER_IDLE_SECONDS, END_TO_END_SECONDS),
+                          f"kafka {exchange}", err)
+        for upstream, checkpoint, layer in (
+                (bronze, names.checkpoint(settings, "silver", exchange), "silver"),
+                (silver, names.gold_checkpoint(settings, exchange), "gold")):
+            try:
+                wait = _stream_figures(health, upstream, checkpoint, layer, exchange)
+            except (OSError, ValueError, KeyError) as err:
+                health.failed((STALLED_SECONDS, END_TO_END_SECONDS), f"{layer} {exchange} checkpoint", err)
+                continue
+            if wait is not None:
+                waits.append(wait)
+        if END_TO_END_SECONDS not in health.unmeasured:
+            health.add(END_TO_END_SECONDS, max(waits, default=0.0), exchange=exchange)
+        if dlq is not None:
+            _dlq_figures(health, settings, silver, dlq, exchange)
+    return health
+
+
+def publish(settings: Settings, health: Health) -> None:
+    """Every figure as a StatsD gauge ``monitor.<figure>`` tagged with its labels."""
+    from lakehouse.metrics import StatsD
+
+    statsd = StatsD.from_settings(settings)
+    try:
+        for figure in health.figures:
+            statsd.gauge(f"monitor.{figure.name}", round(figure.value, 6), dict(figure.labels))
+    finally:
+        statsd.close()
+
+
+def as_json(health: Health) -> dict[str, Any]:
+    return {"at": health.at, "errors": list(health.errors),
+            "figures": [{"name": f.name, "labels": dict(f.labels), "value": f.value} for f in health.figures]}
+
+
+__all__ = ["COMMIT_AGE_SECONDS", "END_TO_END_SECONDS", "EVENT_AGE_SECONDS", "FIGURE_NAMES", "KAFKA_LAG_RECORDS",
+           "Health", "StreamProgress", "as_json", "collect", "dlq_rates", "newest_event_time",
+           "oldest_unread_append", "publish", "stream_progress"]
