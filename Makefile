@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
 	@echo "make test   - install everything and run the test suite (all but the slow scenarios)"
-	@echo "make test-slow - the three slowest scenarios (Airflow end to end, the two-writer race); CI runs both"
+	@echo "make test-slow - the slowest scenarios (Airflow end to end, deadline alerts, the two-writer race, the Gold kill, replays through every layer); CI runs both"
 	@echo "make test-faults - only the fault tier (kills, restarts, races, outages): the README's fault table"
 	@echo "make bench  - run the benchmarks (BENCH lines), including each layer's per-run cost breakdown"
 	@echo "make bench-sustained - the whole orchestrated pipeline at RATE=2000 trades/s for MINUTES=15"
@@ -81,7 +81,7 @@ check-monitoring-tools:
 	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
 	  echo "warning: promtool/amtool missing (apt-get install $(MONITORING_PACKAGES)): tests/monitoring skips their checks"
 
-# Every tier except the three slowest scenarios (marker "slow", ~6 min together), which CI runs next
+# Every tier except the slowest scenarios (marker "slow", ~15 min together), which CI runs next
 # (.ci/run): 'make test' stays a loop a developer waits for.
 test: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -20,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from airflow_fixtures import Webhook, airflow_setup, statsd, statsd_lines, webhook  # noqa: F401 - fixtures
 
 from lakehouse import names
 from lakehouse.orchestration import environment
 from lakehouse.orchestration.alerts import alerts_log_path
+
+
+pytestmark = pytest.mark.slow
 
 
 def _lakehouse(args: list[str], env: dict[str, str]) -> None:

@@ -38,7 +38,7 @@ from lakehouse.spark import session
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 N = 300  # trades per exchange per round
 STEP_US = 500_000

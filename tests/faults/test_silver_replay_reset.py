@@ -27,7 +27,7 @@ from lakehouse.silver.replay import replay_silver
 from lakehouse.silver.synthetic import bronze_frame, trade
 from lakehouse.spark import session
 
-pytestmark = [pytest.mark.integration, pytest.mark.fault]
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
 EX = "binance"
 ODD_RULE = rules.Rule("platform_sequence_even", "odd_sequence",

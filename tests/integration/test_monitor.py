@@ -133,3 +133,25 @@ def test_a_3_then_6_percent_dead_letter_share_warns_then_goes_critical_naming_th
     assert [(ln["event"], ln["severity"]) for ln in dlq_lines] == [
         ("rule_firing", "warning"), ("rule_firing", "critical"), ("rule_resolved", "info")]
     assert all(ln["dag_id"] == names.MONITOR_DAG and ln["details"]["runbook"] for ln in dlq_lines)
+
+
+def test_kafka_down_fails_the_run_in_one_line_after_publishing_the_rest_and_keeps_its_alerts(
+        isolated: Settings) -> None:
+    from lakehouse import stack
+    from lakehouse.monitor.alerting import load_state, state_path
+    from lakehouse.monitor.run import MonitorError
+
+    settings = dataclasses.replace(isolated, exchanges=(EX,), alert_lag_warning_s=1, alert_lag_critical_s=2)
+    produce_trades(settings, EX, range(5))
+    fired = run_monitor(settings, now=time.time() + LATER)  # Bronze never ran: the lag is critical
+    assert [(n.rule.name, n.state.severity) for n in fired.notifications] == [("kafka_lag", CRITICAL)]
+
+    stack.down(settings)
+    with pytest.raises(MonitorError) as failed:
+        run_monitor(settings, now=time.time() + LATER)
+    message = str(failed.value)
+    assert "\n" not in message and f"kafka {EX}" in message
+    kept = load_state(state_path(settings))
+    assert [(a.rule, a.severity, a.firing) for a in kept.values()] == [("kafka_lag", CRITICAL, True)]
+    lines = alerts_log_path(settings).read_text().splitlines()
+    assert not any('"rule_resolved"' in line for line in lines)  # an outage is not a recovery

@@ -85,6 +85,7 @@ def _operations(spark: SparkSession, settings: Settings, table: str) -> list[str
     return [r.operation for r in snapshots]
 
 
+@pytest.mark.slow
 def test_silver_replay_both_ways_reaches_gold(isolated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     spark = session(isolated, "replay-gold-test")
     sid = registry_from_settings(isolated).register(names.value_subject(names.topic(isolated, EX)), avro.load_schema())

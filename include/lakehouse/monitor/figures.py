@@ -52,6 +52,8 @@ EVENT_AGE_SECONDS = "event_age_seconds"
 END_TO_END_SECONDS = "end_to_end_seconds"
 FIGURE_NAMES = (KAFKA_LAG_RECORDS, KAFKA_LAG_SECONDS, COMMIT_AGE_SECONDS, EVENT_AGE_SECONDS, END_TO_END_SECONDS,
                 DLQ_RATE, STALLED_SECONDS, PRODUCER_IDLE_SECONDS)
+# How long a run waits for Kafka before it reports Kafka unreadable: well inside the DAG's minute.
+KAFKA_TIMEOUT_S = 10.0
 # The column holding each layer's event time: Kafka's record time in Bronze, the trade's time after.
 EVENT_COLUMNS = {"bronze": "timestamp", "silver": "timestamp", "gold": "timestamp", "dlq": "dlq_timestamp"}
 
@@ -180,7 +182,7 @@ def _kafka_figures(health: Health, settings: Settings, exchange: str, bronze: Ta
     now = health.at
     topic = names.topic(settings, exchange)
     group = names.bronze_reader_group(exchange)
-    timeout = settings.bronze_kafka_timeout_s
+    timeout = min(KAFKA_TIMEOUT_S, settings.bronze_kafka_timeout_s)
     _, committed, _ = iceberg.offsets_on_main(bronze, topic)
     marks = kafka.watermarks(settings.bootstrap_servers, group, topic, timeout)
     starts = {p: max((committed or {}).get(p, 0), m.low) for p, m in marks.items()}
@@ -287,8 +289,8 @@ def collect(settings: Settings, now: float | None = None) -> Health:
             if kafka_wait is not None:
                 waits.append(kafka_wait)
         except BronzeError as err:  # Kafka down or topic missing: one line, the rest goes on
-            health.failed((KAFKA_LAG_RECORDS, KAFKA_LAG_SECONDS, PRODUCER_IDLE_SECONDS, END_TO_END_SECONDS),
-                          f"kafka {exchange}", err)
+            health.failed((KAFKA_LAG_RECORDS, KAFKA_LAG_SECONDS, PRODUCER_IDLE_SECONDS, END_TO_END_SECONDS,
+                           STALLED_SECONDS), f"kafka {exchange}", err)
         for upstream, checkpoint, layer in (
                 (bronze, names.checkpoint(settings, "silver", exchange), "silver"),
                 (silver, names.gold_checkpoint(settings, exchange), "gold")):
