@@ -125,8 +125,8 @@ class Settings:
                                            "records is falling behind (warning), seconds.", 120.0)
     alert_job_down_critical_s: float = _doc("A layer with no progress for this long while its input has new records "
                                             "is down (critical), seconds.", 300.0)
-    alert_producer_down_warning_s: float = _doc("A topic whose end offsets have not moved for this long raises a "
-                                                "producer-down warning, seconds.", 300.0)
+    alert_producer_down_warning_s: float = _doc("A topic without a new record for this long raises a producer-down "
+                                                "warning, seconds.", 300.0)
     alert_for_s: float = _doc("How long a threshold must hold before its alert fires, seconds.", 0.0)
     alert_repeat_minutes: int = _doc("A firing alert is notified again this often while it fires, minutes.", 60)
     # --- producers -----------------------------------------------------------------------

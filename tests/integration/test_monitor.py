@@ -31,6 +31,11 @@ from lakehouse.spark import session
 pytestmark = pytest.mark.integration
 
 EX = "binance"
+# Label keys of each figure (tests/monitoring/test_metric_names.py holds the same contract).
+LABELS = {F.KAFKA_LAG_RECORDS: {"exchange"}, KAFKA_LAG_SECONDS: {"exchange"},
+          F.COMMIT_AGE_SECONDS: {"layer", "exchange", "table"}, F.EVENT_AGE_SECONDS: {"layer", "exchange", "table"},
+          F.END_TO_END_SECONDS: {"exchange"}, DLQ_RATE: {"exchange", "error_type"},
+          STALLED_SECONDS: {"layer", "exchange"}, "producer_idle_seconds": {"exchange", "topic"}}
 LATER = 100.0  # seconds the figures are taken after now: ages are then at least this
 
 
@@ -72,6 +77,12 @@ def test_figures_follow_kafka_and_each_layer(isolated: Settings) -> None:
     event_age = health.value(F.EVENT_AGE_SECONDS, table=names.silver_table(EX))
     assert event_age is not None and event_age >= LATER + 20  # the trades are 20 s older than their production
     assert health.value(DLQ_RATE, exchange=EX, error_type=ALL_ERROR_TYPES) == 0
+    shared = {f.labels["table"] for f in health.figures if f.name == F.COMMIT_AGE_SECONDS}
+    catalog = load_catalog(isolated)
+    committed = {t for t in names.all_tables(isolated) if catalog.load_table(t).current_snapshot() is not None}
+    assert committed <= shared and len(committed) >= 2  # every table with a commit, shared ones too
+    for figure in health.figures:  # the labels the statsd-exporter mapping and the dashboard expect
+        assert set(figure.labels) == LABELS[figure.name], figure
 
 
 def _health(settings: Settings) -> tuple[int, dict]:
@@ -116,6 +127,8 @@ def test_a_3_then_6_percent_dead_letter_share_warns_then_goes_critical_naming_th
     dlq = [n for n in third.notifications if n.rule.name == "dlq_rate"]
     assert [(n.kind, n.state.severity) for n in dlq] == [(FIRING, CRITICAL)]
     assert "invalid_price 5.5%" in dlq[0].text
+    assert third.health.value(F.COMMIT_AGE_SECONDS, table=names.DLQ_TABLE, exchange="all") is not None
+    assert third.health.value(F.EVENT_AGE_SECONDS, table=names.DLQ_TABLE, layer="dlq") is not None
 
     code, report = _health(settings)
     assert (code, report["status"]) == (2, "critical")

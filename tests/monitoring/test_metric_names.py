@@ -64,7 +64,7 @@ CONTRACT: tuple[Metric, ...] = (
     _monitor("dlq_rate", "exchange", "error_type"),
     _monitor("stalled_seconds", "layer", "exchange"),
     _monitor("producer_idle_seconds", "exchange", "topic"),
-    _monitor("alert_firing", "alert", "severity", "exchange", "layer"),
+    _monitor("alert_firing", "alert", "severity"),
     # Bronze
     Metric("lakehouse.bronze.records", COUNTER, ("exchange",)),
     Metric("lakehouse.bronze.bytes", COUNTER, ("exchange",)),

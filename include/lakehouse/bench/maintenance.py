@@ -30,7 +30,9 @@ Spark and Kafka; what maintenance fights is Iceberg metadata (snapshots, manifes
 files), which this history builds exactly; its commits go through the jobs' own pyiceberg
 transaction (:func:`lakehouse.catalog.transaction`). Each real run starts with an empty
 table-metadata cache (:data:`lakehouse.catalog.METADATA_CACHE`), as a spark-submit process
-does. Before the timed runs at 1,440 one untimed real Bronze and Silver run catches Silver's stream up with the
+does. At both points the CPU time of one monitor measurement over the whole stack is reported
+too (``maint_monitor_cpu_s_at_*``: the ``pipeline_monitor`` DAG's work each minute). Before the
+timed runs at 1,440 one untimed real Bronze and Silver run catches Silver's stream up with the
 whole day of Bronze (the timed Silver runs then read one minute each).
 
 Snapshots carry real commit times, all within the benchmark's own minutes: with the 24 h
@@ -177,6 +179,22 @@ def _real_runs(spark: SparkSession, settings: Settings, ex: Exchange, count: int
         ex.timings.setdefault(f"silver_{point}", []).append(silver_s)
 
 
+def _monitor_cpu_s(settings: Settings) -> float:
+    """CPU seconds of one pipeline_monitor measurement (``lakehouse.monitor.figures.collect``) over
+    the whole stack, median of :data:`REPEATS`, each with an empty metadata cache (a task process)."""
+    from lakehouse.monitor.figures import collect
+
+    spent = []
+    for _ in range(REPEATS):
+        METADATA_CACHE.clear()
+        started = time.process_time()
+        health = collect(settings)
+        spent.append(time.process_time() - started)
+        if health.errors:
+            raise RuntimeError(f"the monitor could not measure: {health.errors}")
+    return statistics.median(spent)
+
+
 def _offset_properties(table: Table) -> dict[str, str]:
     """The offsets (and topic id) summary properties of main's current snapshot (a real Bronze commit)."""
     snap = table.current_snapshot()
@@ -253,6 +271,7 @@ def run(scale: float) -> None:
                 for _ in range(REPEATS):
                     for ex in exchanges:
                         _real_runs(spark, settings, ex, count, "early")
+                report(f"maint_monitor_cpu_s_at_{EARLY}", _monitor_cpu_s(settings), "s")
             if commit % HOUR == 0:
                 hourly = [ex for ex in exchanges if ex.maintained]
                 tables = [t for ex in hourly for t in (names.bronze_table(ex.name), names.silver_table(ex.name))]
@@ -277,6 +296,7 @@ def run(scale: float) -> None:
                 report(f"maint_{layer}_run_s_at_{commits}_{ex.label}", late, "s")
                 report(f"maint_{layer}_ratio_{ex.label}", late / at_early, "ratio")
 
+        report(f"maint_monitor_cpu_s_at_{commits}", _monitor_cpu_s(settings), "s")
         _table_figures(settings, exchanges, "before")
         elapsed, _ = _timed(lambda: maintain(spark, settings))
         report("maint_pass_s", elapsed, "s")

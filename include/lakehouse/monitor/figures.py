@@ -10,8 +10,9 @@ Figures (gauge names; :mod:`lakehouse.monitor.rules` watches some of them):
 
 - ``kafka_lag_records`` / ``kafka_lag_seconds``: records in Kafka that Bronze has not committed,
   and now minus the Kafka timestamp of the oldest of them (0 when caught up).
-- ``commit_age_seconds`` / ``event_age_seconds`` per table: now minus its last commit, and now
-  minus the newest event time in it.
+- ``commit_age_seconds`` / ``event_age_seconds`` per table (every table: each exchange's Bronze and
+  Silver, and the shared ones with ``exchange=all``): now minus its last commit, and now minus the
+  newest event time in it (the event-time column of :data:`EVENT_COLUMNS` / :data:`SHARED_TABLES`).
 - ``end_to_end_seconds``: now minus the oldest trade produced but not yet in Gold. A record is
   known to wait in Kafka (its timestamp), in Bronze (the commit time of the first Bronze append
   Silver has not read) or in Silver (the same for Gold); the oldest of those is taken, so the
@@ -55,7 +56,11 @@ FIGURE_NAMES = (KAFKA_LAG_RECORDS, KAFKA_LAG_SECONDS, COMMIT_AGE_SECONDS, EVENT_
 # How long a run waits for Kafka before it reports Kafka unreadable: well inside the DAG's minute.
 KAFKA_TIMEOUT_S = 10.0
 # The column holding each layer's event time: Kafka's record time in Bronze, the trade's time after.
-EVENT_COLUMNS = {"bronze": "timestamp", "silver": "timestamp", "gold": "timestamp", "dlq": "dlq_timestamp"}
+EVENT_COLUMNS = {"bronze": "timestamp", "silver": "timestamp", "gold": "timestamp"}
+# The tables every exchange shares: (layer label, event-time column).
+SHARED_TABLES = {names.GOLD_TABLE: ("gold", "timestamp"), names.OHLCV_TABLE: ("gold", "minute"),
+                 names.DLQ_TABLE: ("dlq", "dlq_timestamp"), names.DLQ_ARCHIVE_TABLE: ("dlq", "archived_at"),
+                 names.AUDIT_TABLE: ("audit", "event_time")}
 
 
 @dataclass
@@ -164,13 +169,14 @@ def _commit_time(snap: Snapshot | None) -> float | None:
     return None if snap is None else snap.timestamp_ms / 1000
 
 
-def _table_figures(health: Health, table: Table, layer: str, exchange: str, table_name: str) -> None:
+def _table_figures(health: Health, table: Table, layer: str, exchange: str, table_name: str,
+                   column: str) -> None:
     now = health.at
     snap = table.current_snapshot()
     if snap is not None:
         health.add(COMMIT_AGE_SECONDS, max(0.0, now - snap.timestamp_ms / 1000), layer=layer, exchange=exchange,
                    table=table_name)
-    event = newest_event_time(table, EVENT_COLUMNS[layer])
+    event = newest_event_time(table, column)
     if event is not None:
         health.add(EVENT_AGE_SECONDS, max(0.0, now - event), layer=layer, exchange=exchange, table=table_name)
 
@@ -209,8 +215,8 @@ def _stream_figures(health: Health, upstream: Table, checkpoint: str, layer: str
     now = health.at
     progress = stream_progress(checkpoint)
     if progress is None:
-        health.unmeasured.add(STALLED_SECONDS)
-        health.errors.append(f"{layer} {exchange}: checkpoint {checkpoint} is not local; its progress is unknown")
+        health.failed((STALLED_SECONDS, END_TO_END_SECONDS), f"{layer} {exchange}",
+                      ValueError(f"checkpoint {checkpoint} is not local; its progress is unknown"))
         return None
     unread = oldest_unread_append(upstream, progress)
     if unread is None:
@@ -266,14 +272,15 @@ def collect(settings: Settings, now: float | None = None) -> Health:
 
     health = Health(at=time.time() if now is None else now)
     catalog = load_catalog(settings)
-    try:
-        dlq: Table | None = catalog.load_table(names.DLQ_TABLE)
-        gold: Table | None = catalog.load_table(names.GOLD_TABLE)
-    except NoSuchTableError as err:
-        health.failed((DLQ_RATE, END_TO_END_SECONDS), "tables", err)
-        dlq = gold = None
-    if gold is not None:
-        _table_figures(health, gold, "gold", "all", names.GOLD_TABLE)
+    dlq: Table | None = None
+    for name, (layer, column) in SHARED_TABLES.items():
+        try:
+            table = catalog.load_table(name)
+        except NoSuchTableError as err:
+            health.failed((COMMIT_AGE_SECONDS, EVENT_AGE_SECONDS, DLQ_RATE), name, err)
+            continue
+        dlq = table if name == names.DLQ_TABLE else dlq
+        _table_figures(health, table, layer, "all", name, column)
     for exchange in settings.exchanges:
         try:
             bronze = catalog.load_table(names.bronze_table(exchange))
@@ -281,9 +288,10 @@ def collect(settings: Settings, now: float | None = None) -> Health:
         except NoSuchTableError as err:
             health.failed(FIGURE_NAMES, f"{exchange} tables", err)
             continue
-        _table_figures(health, bronze, "bronze", exchange, names.bronze_table(exchange))
-        _table_figures(health, silver, "silver", exchange, names.silver_table(exchange))
+        _table_figures(health, bronze, "bronze", exchange, names.bronze_table(exchange), EVENT_COLUMNS["bronze"])
+        _table_figures(health, silver, "silver", exchange, names.silver_table(exchange), EVENT_COLUMNS["silver"])
         waits: list[float] = []
+        errors = len(health.errors)
         try:
             kafka_wait = _kafka_figures(health, settings, exchange, bronze)
             if kafka_wait is not None:
@@ -301,7 +309,7 @@ def collect(settings: Settings, now: float | None = None) -> Health:
                 continue
             if wait is not None:
                 waits.append(wait)
-        if END_TO_END_SECONDS not in health.unmeasured:
+        if len(health.errors) == errors:  # every stage of this exchange was read
             health.add(END_TO_END_SECONDS, max(waits, default=0.0), exchange=exchange)
         if dlq is not None:
             _dlq_figures(health, settings, silver, dlq, exchange)
