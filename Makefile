@@ -14,7 +14,9 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
 	@echo "make test   - install everything and run the test suite (all but the slow scenarios)"
-	@echo "make test-slow - the slowest scenarios (Airflow end to end, deadline alerts, the two-writer race, the Gold kill, replays through every layer); CI runs both"
+	@echo "make test-slow - the slowest scenarios (Airflow end to end, deadline alerts, the two-writer race, the Gold kill, replays through every layer, catalog contention, a broker restart, compaction under every layer); CI runs both"
+	@echo "make test-deploy - docker-compose.yaml: Compose schema, compose-lint and security policies (no Docker needed)"
+	@echo "make test-spark-cluster - Bronze, Silver and Gold on a real Spark standalone master and worker (PostgreSQL catalog)"
 	@echo "make test-faults - only the fault tier (kills, restarts, races, outages): the README's fault table"
 	@echo "make bench  - run the benchmarks (BENCH lines), including each layer's per-run cost breakdown"
 	@echo "make bench-sustained - the whole orchestrated pipeline at RATE=2000 trades/s for MINUTES=15"
@@ -28,11 +30,11 @@ setup: $(STAMP) check-java check-jdbc check-monitoring-tools $(JVM_ARCHIVE)
 $(JVM_ARCHIVE): $(STAMP) | check-java check-jdbc
 	@$(VENV)/bin/lakehouse jvm-archive || echo "warning: JVM archive not built; Spark jobs start slower"
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required: install python3.11 (and python3.11-venv)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel
-	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
@@ -81,7 +83,7 @@ check-monitoring-tools:
 	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
 	  echo "warning: promtool/amtool missing (apt-get install $(MONITORING_PACKAGES)): tests/monitoring skips their checks"
 
-# Every tier except the slowest scenarios (marker "slow", ~15 min together), which CI runs next
+# Every tier except the slowest scenarios (marker "slow", ~17 min together), which CI runs next
 # (.ci/run): 'make test' stays a loop a developer waits for.
 test: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -91,6 +93,20 @@ test-slow: setup
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# docker-compose.yaml without Docker (part of 'make test'): the Compose Specification schema
+# (check-jsonschema's copy of it), compose-lint, and the project's policies (required secrets, ports on
+# the bind address only, pinned images, healthchecks, dropped capabilities).
+.PHONY: test-deploy
+test-deploy: setup
+	$(PY) -m pytest tests/deploy $(PYTEST_ARGS)
+
+# The distributed path for real (part of 'make test'): a Spark standalone master and worker started from
+# pyspark's bin/spark-class on 127.0.0.1, the catalog on the local PostgreSQL server (skips without it);
+# the layers' tables must equal a local-mode run's.
+.PHONY: test-spark-cluster
+test-spark-cluster: setup
+	$(PY) -m pytest tests/integration/test_spark_cluster.py $(PYTEST_ARGS)
 
 # The fault tier alone (part of 'make test'): kills, restarts, races, outages, bad input.
 test-faults: setup

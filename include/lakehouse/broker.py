@@ -92,6 +92,7 @@ def start(settings: Settings, timeout_s: float = 20.0) -> int:
     if port_open(settings.kafka_host, settings.kafka_port):
         raise BrokerError(f"port {settings.kafka_host}:{settings.kafka_port} is already in use by another process: "
                           f"set LAKEHOUSE_KAFKA_PORT to a free port")
+    settings.private_home()
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     url = f"tcp://{settings.kafka_host}:{settings.kafka_port}"

@@ -112,7 +112,7 @@ def prepare_catalog_db(settings: Settings) -> None:
     Creating the tables here also gives pyiceberg and Spark the same schema on PostgreSQL.
     """
     if settings.catalog_is_sqlite:
-        settings.catalog_db_path.parent.mkdir(parents=True, exist_ok=True)
+        settings.private_home()
         con = sqlite3.connect(settings.catalog_db_path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         try:
             con.execute("PRAGMA journal_mode=WAL")

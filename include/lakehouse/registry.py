@@ -251,4 +251,5 @@ class HttpSchemaRegistry:
 def registry_from_settings(settings: Settings) -> SchemaRegistry:
     if settings.schema_registry_url:
         return HttpSchemaRegistry(settings.schema_registry_url, settings.schema_registry_timeout_s)
+    settings.private_home()
     return LocalSchemaRegistry(settings.registry_dir)

@@ -254,6 +254,20 @@ class Settings:
     def airflow_home_path(self) -> Path:
         return Path(self.airflow_home) if self.airflow_home else self.home / "airflow"
 
+    def private_home(self) -> Path:
+        """The home directory, created readable by its owner only (0700), and returned.
+
+        It holds the catalog, the local schema registry, Airflow's database, the generated admin
+        password and Spark's secrets file. A home that this user owns but that others can read
+        (created by an older version, or by hand) is narrowed to 0700; one owned by someone else
+        is left alone.
+        """
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.home.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            self.home.chmod(0o700)
+        return self.home
+
     def env(self) -> dict[str, str]:
         """These settings as LAKEHOUSE_* variables, so child processes see the same config."""
         out: dict[str, str] = {}

@@ -8,7 +8,9 @@ One builder produces the jars, the Iceberg catalog configuration and the local d
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+import tempfile
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -94,20 +96,74 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         conf[f"{cat}.jdbc.busy_timeout"] = str(SQLITE_BUSY_TIMEOUT_MS)
         # The catalog tables are created by lakehouse.catalog.prepare_catalog_db (see why there).
         conf[f"{cat}.jdbc.init-catalog-tables"] = "false"
-    else:
-        if settings.catalog_user:
-            conf[f"{cat}.jdbc.user"] = settings.catalog_user
-        if settings.catalog_password:
-            conf[f"{cat}.jdbc.password"] = settings.catalog_password
+    elif settings.catalog_user:
+        conf[f"{cat}.jdbc.user"] = settings.catalog_user
     if settings.warehouse_uri.startswith("s3"):
         conf.update({
             f"{cat}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
             f"{cat}.s3.endpoint": settings.s3_endpoint,
             f"{cat}.s3.path-style-access": "true",
-            f"{cat}.s3.access-key-id": settings.s3_access_key,
-            f"{cat}.s3.secret-access-key": settings.s3_secret_key,
         })
     return conf
+
+
+def secret_conf(settings: Settings) -> dict[str, str]:
+    """The Spark settings that are credentials (catalog password, S3 keys).
+
+    They never travel as ``--conf`` arguments, which every local user can read in ``ps``: they
+    reach Spark through :func:`secrets_file` instead. Spark keeps them out of its UI and event log
+    by its default ``spark.redaction.regex`` (secret, password, access.key).
+    """
+    cat = f"spark.sql.catalog.{settings.catalog_name}"
+    conf: dict[str, str] = {}
+    if not settings.catalog_is_sqlite and settings.catalog_password:
+        conf[f"{cat}.jdbc.password"] = settings.catalog_password
+    if settings.warehouse_uri.startswith("s3"):
+        if settings.s3_access_key:
+            conf[f"{cat}.s3.access-key-id"] = settings.s3_access_key
+        if settings.s3_secret_key:
+            conf[f"{cat}.s3.secret-access-key"] = settings.s3_secret_key
+    return conf
+
+
+SECRETS_FILE = "spark-secrets.properties"
+
+
+def secrets_file(settings: Settings) -> Path | None:
+    """Write :func:`secret_conf` as a properties file only its owner can read; None when there are none.
+
+    ``spark-submit --properties-file`` loads it: the command line names the file, not the values.
+    The file lives in the private home's run directory, is written whole (temporary file, then
+    rename, so a concurrent submit never reads half of it) and only when its content changes.
+    """
+    conf = secret_conf(settings)
+    if not conf:
+        return None
+    settings.private_home()
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.run_dir / SECRETS_FILE
+    text = "".join(f"{_escape_property(key)}={_escape_property(value)}\n" for key, value in sorted(conf.items()))
+    try:
+        if path.read_text(encoding="utf-8") == text and path.stat().st_mode & 0o077 == 0:
+            return path
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=f".{SECRETS_FILE}.", dir=settings.run_dir)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _escape_property(text: str) -> str:
+    """``java.util.Properties`` escaping: backslashes, separators, line breaks, leading spaces."""
+    out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    out = out.replace("=", "\\=").replace(":", "\\:").replace("#", "\\#").replace("!", "\\!")
+    return "\\ " + out[1:] if out.startswith(" ") else out
 
 
 def driver_java_options(settings: Settings, archive: bool = True) -> str:
@@ -136,15 +192,34 @@ def local_environment(settings: Settings, env: MutableMapping[str, str]) -> Muta
 
 def session(settings: Settings, app_name: str) -> SparkSession:
     """A SparkSession with the project's configuration (used by jobs and tests)."""
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     local_environment(settings, os.environ)
     prepare_catalog_db(settings)
+    conf = spark_conf(settings)
+    launch_args = os.environ.get("PYSPARK_SUBMIT_ARGS")
+    if SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # This process starts the JVM, and pyspark passes every builder setting to it as a --conf
+        # argument (launch_gateway), visible in ps: the credentials go in by file instead.
+        secrets = secrets_file(settings)
+        if secrets is not None:
+            os.environ["PYSPARK_SUBMIT_ARGS"] = (f"--properties-file {shlex.quote(str(secrets))} "
+                                                 f"{launch_args or 'pyspark-shell'}")
+    else:
+        # The JVM exists (under spark-submit, or an earlier session here): settings travel over py4j.
+        conf.update(secret_conf(settings))
     builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
     builder = builder.config("spark.jars", ",".join(jars(settings)))
-    for key, value in spark_conf(settings).items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    finally:
+        if launch_args is None:
+            os.environ.pop("PYSPARK_SUBMIT_ARGS", None)
+        else:
+            os.environ["PYSPARK_SUBMIT_ARGS"] = launch_args
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -160,9 +235,12 @@ class SubmitSpec:
     jars: list[str]
     master: str
     env: dict[str, str] = field(default_factory=dict)
+    properties_file: str | None = None  # the credentials (secrets_file), read by spark-submit
 
     def argv(self, spark_submit: str = "spark-submit") -> list[str]:
         cmd = [spark_submit, "--master", self.master, "--name", self.name, "--jars", ",".join(self.jars)]
+        if self.properties_file:
+            cmd += ["--properties-file", self.properties_file]
         for key, value in self.conf.items():
             cmd += ["--conf", f"{key}={value}"]
         return cmd + [self.application, *self.application_args]
@@ -177,6 +255,7 @@ def submit_spec(settings: Settings, job: str, args: list[str] | None = None, nam
     if job not in JOBS:
         raise SettingsError(f"unknown Spark job {job!r}; expected one of {sorted(JOBS)}")
     args = list(args or [])
+    secrets = secrets_file(settings)
     return SubmitSpec(
         name=name or "-".join(["lakehouse", job, *[a for a in args if not a.startswith("-")]]),
         application=str(SPARK_JOBS_DIR / JOBS[job]),
@@ -185,6 +264,7 @@ def submit_spec(settings: Settings, job: str, args: list[str] | None = None, nam
         jars=jars(settings),
         master=settings.spark_master,
         env=dict(local_environment(settings, settings.env())),
+        properties_file=str(secrets) if secrets else None,
     )
 
 

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 def up(settings: Settings) -> dict[str, Any]:
     """Start the broker (embedded mode), create topics, register schemas, create tables."""
-    for directory in (settings.home, settings.log_dir, settings.run_dir):
+    settings.private_home()
+    for directory in (settings.log_dir, settings.run_dir):
         directory.mkdir(parents=True, exist_ok=True)
     pid = broker.start(settings) if settings.kafka_embedded else None
     topics = broker.ensure_topics(settings)

@@ -44,6 +44,7 @@ def gold_trade_ids(spark: Any, settings: Settings) -> list[int]:
     return sorted(int(r[0]) for r in spark.sql(f"SELECT trade_id FROM {gold}").collect())
 
 
+@pytest.mark.slow  # ~40 s: 'make test-slow' (CI runs it after 'make test')
 def test_every_record_that_reached_bronze_in_any_incarnation_reaches_gold_once(
         isolated: Settings, spark: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     s = session(isolated, "t")

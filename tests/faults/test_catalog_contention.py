@@ -142,6 +142,7 @@ def table_rows(settings: Settings, name: str) -> collections.Counter[tuple[str, 
     return collections.Counter(zip(data["writer"].to_pylist(), data["seq"].to_pylist()))
 
 
+@pytest.mark.slow  # ~40 s: 'make test-slow' (CI runs it after 'make test')
 def test_five_committers_lose_no_commit(isolated: Settings, tmp_path: Path) -> None:
     create_tables(isolated)
     workdir = tmp_path / "workers"

@@ -5,11 +5,11 @@ Uses the PostgreSQL server on 127.0.0.1:5432 when there is one; skips with the r
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import PG, postgres_databases
 
 from lakehouse import names, tables
 from lakehouse.catalog import CatalogUnavailableError, load_catalog
@@ -17,28 +17,13 @@ from lakehouse.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-
 
 @pytest.fixture()
 def pg_settings(tmp_path: Path) -> Iterator[Settings]:
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    except psycopg2.OperationalError as err:
-        pytest.skip(f"no PostgreSQL server at {PG['host']}:{PG['port']} for the production-path test: {err}")
-    admin.autocommit = True
-    db = f"lakehouse_test_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    try:
+    with postgres_databases("lakehouse_test") as (db,):
         yield load_settings({"LAKEHOUSE_HOME": str(tmp_path), "LAKEHOUSE_CATALOG_NAME": f"pg_{db[-10:]}",
                              "LAKEHOUSE_CATALOG_URI": f"jdbc:postgresql://{PG['host']}:{PG['port']}/{db}",
                              "LAKEHOUSE_CATALOG_USER": PG["user"]})
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        admin.close()
 
 
 def test_tables_on_postgres_are_shared_by_pyiceberg_and_spark(pg_settings: Settings, spark) -> None:  # type: ignore[no-untyped-def]

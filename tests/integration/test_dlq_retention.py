@@ -25,7 +25,10 @@ from lakehouse.spark import session
 pytestmark = [pytest.mark.integration]
 
 UTC = dt.timezone.utc
-TODAY = dt.datetime.now(UTC).date()
+# One "now" for the whole module, passed to every run: a run after midnight must not disagree with
+# the rows dated before it.
+NOW = dt.datetime.now(UTC)
+TODAY = NOW.date()
 
 
 class Killed(Exception):
@@ -73,14 +76,14 @@ def test_archive_moves_exactly_the_rows_past_the_cutoff_once(isolated: Settings)
                               "new-0": TODAY})
     before = _snapshots(isolated)
 
-    dry = retention.run(spark, isolated, steps=("archive",), dry_run=True)
+    dry = retention.run(spark, isolated, steps=("archive",), as_of=NOW, dry_run=True)
 
     assert (dry.archived, dry.inserted) == (3, 3)
     assert dry.archived_by_date == {(TODAY - dt.timedelta(days=45)).isoformat(): 2,
                                     (TODAY - dt.timedelta(days=31)).isoformat(): 1}
     assert _snapshots(isolated) == before  # a dry run commits nothing, audit row included
 
-    done = retention.run(spark, isolated, steps=("archive",))
+    done = retention.run(spark, isolated, steps=("archive",), as_of=NOW)
 
     assert (done.archived, done.inserted) == (3, 3)
     assert _markers(spark, isolated, names.DLQ_TABLE) == ["edge-30", "new-0"]
@@ -93,7 +96,7 @@ def test_archive_moves_exactly_the_rows_past_the_cutoff_once(isolated: Settings)
     assert int(summary.get("added-data-files") or 0) == 0
     settled = _snapshots(isolated)
 
-    again = retention.run(spark, isolated, steps=("archive",))
+    again = retention.run(spark, isolated, steps=("archive",), as_of=NOW)
 
     assert (again.archived, again.inserted) == (0, 0)
     now = _snapshots(isolated)
@@ -115,12 +118,12 @@ def test_an_archive_run_killed_between_insert_and_delete_neither_loses_nor_doubl
 
     monkeypatch.setattr(retention, "_delete_archived", killed)
     with pytest.raises(Killed):
-        retention.run(spark, isolated)
+        retention.run(spark, isolated, as_of=NOW)
     assert _markers(spark, isolated, names.DLQ_ARCHIVE_TABLE) == ["old-a", "old-b"]
     assert _markers(spark, isolated, names.DLQ_TABLE) == ["new", "old-a", "old-b"]  # in both for now
     monkeypatch.undo()
 
-    rerun = retention.run(spark, isolated)
+    rerun = retention.run(spark, isolated, as_of=NOW)
 
     assert (rerun.archived, rerun.inserted) == (2, 0)
     assert _markers(spark, isolated, names.DLQ_ARCHIVE_TABLE) == ["old-a", "old-b"]
@@ -152,7 +155,7 @@ def test_purge_deletes_the_rows_and_every_file_holding_them(isolated: Settings,
                               "kept-in-month": month + dt.timedelta(days=15),
                               "kept-archived": TODAY - dt.timedelta(days=40),
                               "kept-hot": TODAY - dt.timedelta(days=5)})
-    retention.run(spark, isolated, steps=("archive",))
+    retention.run(spark, isolated, steps=("archive",), as_of=NOW)
     assert _markers_on_disk(isolated) >= {"purged-whole-month", "purged-in-month"}
     before = _snapshots(isolated)
 
@@ -196,7 +199,7 @@ def test_the_cli_dry_run_prints_what_would_move_and_changes_nothing(isolated: Se
     _insert(spark, isolated, {"old": TODAY - dt.timedelta(days=100), "new": TODAY})
     before = _snapshots(isolated)
 
-    dry = _cli(isolated, "retention", "--dry-run")
+    dry = _cli(isolated, "retention", "--dry-run", "--as-of", NOW.isoformat())
 
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert f"1 rows dated before {TODAY - dt.timedelta(days=30)} would be archived" in dry.stdout
@@ -204,7 +207,7 @@ def test_the_cli_dry_run_prints_what_would_move_and_changes_nothing(isolated: Se
     assert _snapshots(isolated) == before
     assert _markers(spark, isolated, names.DLQ_TABLE) == ["new", "old"]
 
-    later = (dt.datetime.now(UTC) + dt.timedelta(days=91)).isoformat()
+    later = (NOW + dt.timedelta(days=91)).isoformat()
     done = _cli(isolated, "archive", "--as-of", later, "--json")
 
     assert done.returncode == 0, done.stderr[-3000:]

@@ -88,6 +88,7 @@ def test_expiry_keeps_what_a_lagging_silver_stream_needs(isolated: Settings, cap
     assert bronze_offsets(settings) is not None
 
 
+@pytest.mark.slow  # ~40 s: 'make test-slow' (CI runs it after 'make test')
 def test_compaction_and_expiry_then_every_layer_exactly_once(isolated: Settings) -> None:
     s = session(isolated, "t")
     settings = dataclasses.replace(isolated, snapshot_retain_last=1)

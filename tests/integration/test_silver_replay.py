@@ -59,6 +59,7 @@ def _state(spark: SparkSession, settings: Settings) -> tuple[dict[int, dict[str,
     return by_offset, current
 
 
+@pytest.mark.slow  # ~40 s: 'make test-slow' (CI runs it after 'make test')
 def test_replay_silver_after_a_rule_change_moves_rows_both_ways(isolated: Settings,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     spark = session(isolated, "silver-replay-test")

@@ -129,6 +129,7 @@ def prepare(settings: Settings, env: Mapping[str, str] | None = None, unpause: S
     """Make the project's Airflow ready to run: metadata DB migrated, Spark pool sized, DAGs parsed
     into the database (so they can be triggered before a DAG processor runs), and the given DAGs
     unpaused. Idempotent."""
+    settings.private_home()
     settings.airflow_home_path.mkdir(parents=True, exist_ok=True)
     env = dict(env or airflow_env(settings))
     run_airflow(settings, ["db", "migrate"], env)

@@ -71,6 +71,7 @@ class LakehouseSparkSubmitOperator(SparkSubmitOperator):
         self.application_args = spec.application_args
         self.conf = dict(spec.conf)
         self.jars = ",".join(spec.jars)
+        self.properties_file = spec.properties_file  # the credentials: a file, not --conf arguments
         submitted = time.time()
         self.env_vars = {**spec.env, **(self.env_vars or {}), runreport.SUBMITTED_AT_ENV: f"{submitted:.6f}"}
         self.log.info("spark-submit of job %s %s (settings master %s; connection %s decides)",
