@@ -83,7 +83,7 @@ check-monitoring-tools:
 	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
 	  echo "warning: promtool/amtool missing (apt-get install $(MONITORING_PACKAGES)): tests/monitoring skips their checks"
 
-# Every tier except the slowest scenarios (marker "slow", ~17 min together), which CI runs next
+# Every tier except the slowest scenarios (marker "slow", ~20 min together), which CI runs next
 # (.ci/run): 'make test' stays a loop a developer waits for.
 test: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -29,7 +29,9 @@ def run_job(settings: Settings, **extra: str) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("point", ["before_write", "after_write", "after_commit"])
+# The kill after the write (the hardest point) stays in 'make test'; the other two run in 'make test-slow'.
+@pytest.mark.parametrize("point", [pytest.param("before_write", marks=pytest.mark.slow), "after_write",
+                                   pytest.param("after_commit", marks=pytest.mark.slow)])
 def test_killed_run_then_rerun_gives_exactly_n_rows(point: str, isolated: Settings, spark: Any) -> None:
     delivered: dict[int, int] = {}
 

@@ -59,6 +59,7 @@ def by_source(stats: list[BatchStats], source: str) -> list[BatchStats]:
     return [s for s in stats if s.source == source]
 
 
+@pytest.mark.slow  # ~30 s: 'make test-slow' (CI runs it after 'make test'), keeping 'make test' under 15 min
 def test_both_exchanges_land_once_however_late_the_copy_and_retries_add_nothing(isolated: Settings) -> None:
     spark = session(isolated, "test-gold")
     t = H0 + 10 * 60_000_000
@@ -113,6 +114,7 @@ def test_both_exchanges_land_once_however_late_the_copy_and_retries_add_nothing(
     assert len(gold_rows(spark, isolated)) == 9
 
 
+@pytest.mark.slow  # ~30 s: 'make test-slow' (CI runs it after 'make test'), keeping 'make test' under 15 min
 def test_filtered_query_and_merge_prune_hour_partitions(isolated: Settings) -> None:
     spark = session(isolated, "test-gold")
     gold = names.qualified(isolated, names.GOLD_TABLE)

@@ -158,6 +158,7 @@ def test_orphan_removal_spares_young_files_and_dry_run_changes_nothing(isolated:
     assert s.sql(f"SELECT count(*) FROM {names.qualified(settings, bronze)}").collect()[0][0] == 30
 
 
+@pytest.mark.slow  # ~30 s: 'make test-slow' (CI runs it after 'make test'), keeping 'make test' under 15 min
 def test_the_dag_job_and_the_cli_dry_run(isolated: Settings, tmp_path: Path) -> None:
     s = session(isolated, "t")
     for batch in range(2):

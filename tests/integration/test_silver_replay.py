@@ -149,6 +149,7 @@ def test_dlq_replay_moves_rows_that_now_decode_into_silver_once(isolated: Settin
     assert _state(spark, isolated)[0].keys() == silver.keys()
 
 
+@pytest.mark.slow  # ~30 s: 'make test-slow' (CI runs it after 'make test'), keeping 'make test' under 15 min
 def test_lakehouse_replay_silver_command(isolated: Settings) -> None:
     spark = session(isolated, "silver-replay-test")
     sid = registry_from_settings(isolated).register(names.value_subject(names.topic(isolated, EX)), avro.load_schema())
