@@ -15,6 +15,7 @@ help:
 	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
 	@echo "make test   - install everything and run the test suite (all but the slow scenarios)"
 	@echo "make test-slow - the slowest scenarios (Airflow end to end, deadline alerts, the two-writer race, the Gold kill, replays through every layer, catalog contention, a broker restart, compaction under every layer); CI runs both"
+	@echo "make test-unit - only the unit tier: no broker, no Spark, no other service (under a minute)"
 	@echo "make test-deploy - docker-compose.yaml: Compose schema, compose-lint and security policies (no Docker needed)"
 	@echo "make test-spark-cluster - Bronze, Silver and Gold on a real Spark standalone master and worker (PostgreSQL catalog)"
 	@echo "make test-faults - only the fault tier (kills, restarts, races, outages): the README's fault table"
@@ -91,6 +92,8 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# The unit tier starts no service (tests/unit/conftest.py fails a unit test that starts the broker,
+# the embedded stack or Spark): tests that need one live in tests/integration/.
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,13 +61,15 @@ def assert_bars_match_gold(spark: SparkSession, settings: Settings) -> int:
 
 
 @contextmanager
-def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """``handler`` served on a free local port in a thread; yields the root URL."""
+def http_server(handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    """``handler`` served on a free local port in a thread (HTTPS with ``tls``); yields the root URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -324,16 +324,12 @@ def staged_metadata(base: TableMetadata, updates: tuple[TableUpdate, ...],
     metadata models are frozen, and every update builds new lists and dicts instead of changing the
     base's (checked in ``tests/unit/test_catalog_transaction.py`` against pyiceberg's own result).
     """
-    from pyiceberg.table.update import _apply_table_update, _TableMetadataUpdateContext, _update_table_metadata_log
     from pyiceberg.utils.datetime import datetime_to_millis
 
-    context = _TableMetadataUpdateContext()
-    metadata = base
-    for update in updates:
-        metadata = _apply_table_update(update, metadata, context)
-    if context.has_changes():
-        if metadata_location:
-            metadata = _update_table_metadata_log(metadata, metadata_location, base.last_updated_ms)
+    from lakehouse.adapters.pyiceberg import apply_table_updates
+
+    metadata, changed = apply_table_updates(base, updates, metadata_location)
+    if changed:
         if base.last_updated_ms == metadata.last_updated_ms:
             now = datetime_to_millis(dt.datetime.now().astimezone())
             metadata = metadata.model_copy(update={"last_updated_ms": now})

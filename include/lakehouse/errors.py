@@ -1,6 +1,6 @@
 """Errors every layer shares.
 
-A layer's own failures live beside it (``bronze.errors``, ``silver.job``, ``gold.job``); what is
+A layer's own failures live beside it (``bronze.errors``, ``silver.failures``, ``gold.job``); what is
 here has the same meaning, and the same exit code, whichever layer raises it.
 """
 
@@ -61,9 +61,10 @@ def java_causes(err: BaseException) -> list[JavaCause]:
     and drops the error class of unknown ones, so the chain is read from the JVM object itself.
     """
     from py4j.java_gateway import is_instance_of
-    from pyspark import SparkContext
 
-    gateway = SparkContext._gateway
+    from lakehouse.adapters.spark import jvm_gateway
+
+    gateway = jvm_gateway()
     throwable = _jvm_throwable(err)
     causes: list[JavaCause] = []
     while throwable is not None and gateway is not None and len(causes) < _MAX_CAUSES:
@@ -79,10 +80,12 @@ def _jvm_throwable(err: BaseException) -> Any:
     """The JVM throwable of ``err`` or of the nearest exception it was raised from, if any."""
     from py4j.protocol import Py4JJavaError
 
+    from lakehouse.adapters.spark import captured_jvm_exception
+
     for exc in _python_chain(err):
         if isinstance(exc, Py4JJavaError):
             return exc.java_exception
-        origin = getattr(exc, "_origin", None)  # pyspark's CapturedException keeps the JVM object there
+        origin = captured_jvm_exception(exc)
         if origin is not None:
             return origin
     return None

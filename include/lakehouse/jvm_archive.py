@@ -14,7 +14,6 @@ an Iceberg stream with ``availableNow`` and ``foreachBatch``, and an Arrow Pytho
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import subprocess
@@ -41,7 +40,7 @@ def build(settings: Settings, timeout_s: float = TRAINING_TIMEOUT_S) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lakehouse-jvm-archive-") as tmp:
         home = Path(tmp) / "home"
-        scratch = dataclasses.replace(settings, home=home, catalog_uri="", warehouse="", checkpoint_root="")
+        scratch = settings.replace(home=home, catalog_uri="", warehouse="", checkpoint_root="")
         dump = Path(tmp) / "spark.jsa"
         conf = spark_conf(scratch)
         conf["spark.driver.extraJavaOptions"] = (driver_java_options(scratch, archive=False)

@@ -3,7 +3,8 @@
 * :class:`LocalSchemaRegistry`: a persistent SQLite store under ``LAKEHOUSE_HOME`` (embedded
   default). Ids are global and stable, the same schema text gets the same id in any subject,
   as in Confluent Schema Registry.
-* :class:`HttpSchemaRegistry`: Confluent Schema Registry's REST API (production).
+* :class:`HttpSchemaRegistry`: Confluent Schema Registry (production), through confluent-kafka's
+  ``SchemaRegistryClient`` (basic auth, TLS with a private CA, mutual TLS; schemas cached by id).
 
 Errors are split so callers can act on them: :class:`UnknownSchemaError` is a property of the
 record (Silver dead-letters it); :class:`RegistryUnavailableError` is an outage (the run fails
@@ -18,16 +19,30 @@ every record of a misconfigured run.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-import requests
+from confluent_kafka.schema_registry import RegisteredSchema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema as ClientSchema
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from lakehouse.settings import Settings
+from lakehouse.settings import ENV_PREFIX, Settings, SettingsError
+
+try:  # the HTTP library the client uses: httpx2 when installed, else httpx (as confluent-kafka picks it)
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - depends on the installed client's dependencies
+    import httpx  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Schema = dict[str, Any]
 
@@ -141,6 +156,15 @@ SUBJECT_NOT_FOUND = 40401
 VERSION_NOT_FOUND = 40402
 SCHEMA_NOT_FOUND = 40403
 _SNIPPET_CHARS = 200
+# A registry call makes at most 1 + MAX_RETRIES attempts; the client retries a connection failure
+# and HTTP 408/429/500/502/503/504 (a stale keep-alive connection, a leader election) after a
+# random wait of at most RETRY_WAIT_MS. The configured timeout is the budget of the whole call:
+# each attempt gets timeout / (1 + MAX_RETRIES), so a registry that is down or hangs fails the
+# call after about the configured timeout (plus at most RETRY_WAIT_MS), never later.
+MAX_RETRIES = 1
+RETRY_WAIT_MS = 100
+# What the client puts before a body that is not JSON in a SchemaRegistryError (error code -1).
+_UNKNOWN_BODY = "Unknown Schema Registry Error: "
 
 
 def _one_line(text: str, limit: int = _SNIPPET_CHARS) -> str:
@@ -148,108 +172,203 @@ def _one_line(text: str, limit: int = _SNIPPET_CHARS) -> str:
     return " ".join(text.split())[:limit]
 
 
-def _json_body(resp: requests.Response) -> Any:
-    """The response body as JSON, or None when it is not JSON (an HTML or plain-text page)."""
-    try:
-        return resp.json()
-    except ValueError:  # requests' JSONDecodeError
-        return None
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: error messages name the registry, never its credentials."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _hint(status: int, code: object) -> str:
-    """What an error status without a usable error code most likely means, for the message."""
+def _error_text(err: SchemaRegistryError) -> str:
+    """The registry's message, or the body it answered when that was not JSON (the client keeps
+    such a body as the repr of its bytes)."""
+    message = str(err.error_message or "")
+    if err.error_code == SchemaRegistryError.UNKNOWN and message.startswith(_UNKNOWN_BODY):
+        try:
+            body = ast.literal_eval(message[len(_UNKNOWN_BODY):])
+        except (ValueError, SyntaxError):
+            return message
+        if isinstance(body, bytes):
+            return body.decode("utf-8", "replace")
+    return message
+
+
+def _hint(status: int, code: int | None) -> str:
+    """What an error status most likely means, for the message."""
+    refused = " (credentials missing or refused)" if status in (401, 403) else ""
     if code is not None:
-        return f" error_code {code}"
+        return f" error_code {code}{refused}"
     if status == 404:
         return " without a schema registry error code (wrong URL or base path?)"
-    if status in (401, 403):
-        return " (credentials missing or refused)"
-    return ""
+    return refused
+
+
+def client_config(url: str, timeout_s: float, basic_auth_user_info: str = "", ssl_ca_location: str = "",
+                  ssl_certificate_location: str = "", ssl_key_location: str = "") -> dict[str, Any]:
+    """``SchemaRegistryClient``'s configuration: the given options that are set, and the retry policy."""
+    conf: dict[str, Any] = {
+        "url": url,
+        "timeout": timeout_s / (1 + MAX_RETRIES),
+        "max.retries": MAX_RETRIES,
+        "retries.wait.ms": RETRY_WAIT_MS,
+        "retries.max.wait.ms": RETRY_WAIT_MS,
+    }
+    optional = {"basic.auth.user.info": basic_auth_user_info, "ssl.ca.location": ssl_ca_location,
+                "ssl.certificate.location": ssl_certificate_location, "ssl.key.location": ssl_key_location}
+    conf.update({key: value for key, value in optional.items() if value})
+    return conf
 
 
 class HttpSchemaRegistry:
-    """Client of Confluent Schema Registry's REST API."""
+    """Confluent Schema Registry through confluent-kafka's ``SchemaRegistryClient``.
 
-    _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+    The client caches schemas by id and registrations by subject and schema, so a Silver worker
+    asks the registry once per schema id; :meth:`latest` always asks (a newer version may exist).
+    Its errors become this module's: :class:`UnknownSchemaError` only for Confluent's own "not
+    found" codes, :class:`RegistryError` for a refused write, :class:`RegistryUnavailableError`
+    for everything else, in one line naming the method and URL.
+    """
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, *, basic_auth_user_info: str = "",
+                 ssl_ca_location: str = "", ssl_certificate_location: str = "", ssl_key_location: str = "") -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
-        self._session = requests.Session()
-        self._cache: dict[int, Schema] = {}
+        self._shown = ", ".join(_without_userinfo(u.strip().rstrip("/")) for u in self.url.split(","))
+        for key, path in (("ssl.ca.location", ssl_ca_location), ("ssl.certificate.location", ssl_certificate_location),
+                          ("ssl.key.location", ssl_key_location)):
+            if path and not Path(path).exists():
+                raise SettingsError(f"schema registry {self._shown}: {key} {path!r} does not exist")
+        self._conf = client_config(self.url, timeout_s, basic_auth_user_info, ssl_ca_location,
+                                   ssl_certificate_location, ssl_key_location)
+        self._client = self._new_client()
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
-              not_found: frozenset[int] = frozenset()) -> Any:
-        """The JSON answer to ``method path``.
+    @property
+    def config(self) -> dict[str, Any]:
+        """The client's configuration, the password masked."""
+        return {k: ("***" if k == "basic.auth.user.info" else v) for k, v in self._conf.items()}
+
+    def _new_client(self) -> SchemaRegistryClient:
+        try:
+            return SchemaRegistryClient(dict(self._conf))
+        except (ValueError, TypeError, OSError) as err:  # a malformed option, an unreadable certificate or key
+            raise SettingsError(f"schema registry {self._shown}: client configuration refused: "
+                                f"{_one_line(str(err))}") from err
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
+
+    def _reset(self, why: str) -> None:
+        """A fresh client: the old one cached an answer that was not the registry's (see :meth:`_bad_answer`)."""
+        log.warning("schema registry client reset (%s)", why)
+        try:
+            fresh = self._new_client()
+        except SettingsError as err:  # certificate files gone since: an outage here, not a bad record
+            raise RegistryUnavailableError(f"schema registry {self._shown}: {err}") from err
+        old, self._client = self._client, fresh
+        old.close()
+
+    def _target(self, method: str, path: str) -> str:
+        return f"{method} {self._shown}{path}" if "," not in self._shown else f"{method} {path} on {self._shown}"
+
+    def _call(self, method: str, path: str, call: Callable[[SchemaRegistryClient], T],
+              not_found: frozenset[int] = frozenset()) -> T:
+        """``call(client)``, its failures as this module's errors.
 
         Raises :class:`UnknownSchemaError` only for a 404 whose JSON ``error_code`` is in
         ``not_found``; :class:`RegistryError` when the registry refuses a write (409, 422 with its
         error code); :class:`RegistryUnavailableError` for anything else that is not a JSON success.
         """
-        url = self.url + path
+        target = self._target(method, path)
         try:
-            resp = self._session.request(method, url, json=body, timeout=self.timeout_s,
-                                         headers={"Content-Type": self._CONTENT_TYPE})
-        except requests.RequestException as err:
+            return call(self._client)
+        except SchemaRegistryError as err:
+            raise self._answer_error(target, err, not_found) from err
+        except httpx.HTTPError as err:  # connection refused, DNS, TLS handshake, timeout, after the retry
+            attempts = 1 + MAX_RETRIES
             raise RegistryUnavailableError(
-                f"schema registry {method} {url} unreachable: {_one_line(str(err))}") from err
-        status = resp.status_code
-        answer = _json_body(resp)
-        code = answer.get("error_code") if isinstance(answer, dict) else None
-        detail = _one_line(str(answer.get("message", "")) if isinstance(answer, dict) else resp.text)
-        if status == 404 and code in not_found:
-            raise UnknownSchemaError(f"schema registry {method} {url} answered HTTP 404 error_code {code}: {detail}")
-        if status in (409, 422) and code is not None:
-            raise RegistryError(f"schema registry rejected {method} {url}: HTTP {status} error_code {code}: {detail}")
-        if status >= 400:
-            raise RegistryUnavailableError(f"schema registry {method} {url} answered HTTP {status}"
-                                           f"{_hint(status, code)}{': ' + detail if detail else ''}")
-        if answer is None:
-            raise RegistryUnavailableError(f"schema registry {method} {url} answered HTTP {status} with a body "
-                                           f"that is not JSON (wrong URL or base path?): {detail}")
-        return answer
+                f"schema registry {target} unreachable after {attempts} attempts within {self.timeout_s:g} s: "
+                f"{type(err).__name__}: {_one_line(str(err)) or 'no detail'}") from err
+        except json.JSONDecodeError as err:  # a success status whose body is not JSON
+            raise RegistryUnavailableError(f"schema registry {target} answered HTTP 2xx with a body that is not "
+                                           f"JSON (wrong URL or base path?): {_one_line(str(err))}") from err
+        except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSON the client cannot read as an answer
+            raise self._bad_answer(target, f"JSON that is not a schema registry answer: {_one_line(str(err))}") \
+                from err
 
-    def _field(self, answer: Any, key: str, kind: type, method: str, path: str) -> Any:
-        """``answer[key]`` if it is a ``kind``; an answer without it is not the registry's (wrong base path?)."""
-        value = answer.get(key) if isinstance(answer, dict) else None
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise RegistryUnavailableError(f"schema registry {method} {self.url + path} answered HTTP 200 without "
-                                           f"a {kind.__name__} {key!r} (wrong URL or base path?): "
-                                           f"{_one_line(str(answer))}")
-        return value
+    def _answer_error(self, target: str, err: SchemaRegistryError, not_found: frozenset[int]) -> RegistryError:
+        status = err.http_status_code
+        code = err.error_code if isinstance(err.error_code, int) and err.error_code != err.UNKNOWN else None
+        detail = _one_line(_error_text(err))
+        if status == 404 and code in not_found:
+            return UnknownSchemaError(f"schema registry {target} answered HTTP 404 error_code {code}: {detail}")
+        if status in (409, 422) and code is not None:
+            return RegistryError(f"schema registry rejected {target}: HTTP {status} error_code {code}: {detail}")
+        return RegistryUnavailableError(f"schema registry {target} answered HTTP {status}{_hint(status, code)}"
+                                        f"{': ' + detail if detail else ''}")
+
+    def _bad_answer(self, target: str, what: str) -> RegistryUnavailableError:
+        """A success that is not the registry's answer (a wrong base path's JSON, say). The client may
+        have cached it under the schema id, so it is replaced: a fixed URL or registry is asked again."""
+        self._reset(f"{target} answered {what}")
+        return RegistryUnavailableError(f"schema registry {target} answered HTTP 2xx with {what} "
+                                        f"(wrong URL or base path?)")
+
+    def _schema_text(self, target: str, schema: ClientSchema) -> str:
+        text = schema.schema_str
+        if not isinstance(text, str):
+            raise self._bad_answer(target, f"no str 'schema': {_one_line(repr(schema))}")
+        return text
 
     def register(self, subject: str, schema: Schema) -> int:
         path = f"/subjects/{subject}/versions"
-        return int(self._field(self._call("POST", path, {"schema": canonical(schema)}), "id", int, "POST", path))
+        registered: RegisteredSchema = self._call(
+            "POST", path, lambda c: c.register_schema_full_response(subject, ClientSchema(canonical(schema), "AVRO")))
+        schema_id = registered.schema_id
+        if not isinstance(schema_id, int) or isinstance(schema_id, bool):
+            raise self._bad_answer(self._target("POST", path), f"no int 'id': {_one_line(repr(registered))}")
+        return schema_id
 
     def get_schema(self, schema_id: int) -> Schema:
-        cached = self._cache.get(schema_id)
-        if cached is None:
-            path = f"/schemas/ids/{schema_id}"
-            answer = self._call("GET", path, not_found=frozenset({SCHEMA_NOT_FOUND}))
-            # Schema text that is not JSON (a Protobuf schema, say) raises ValueError: the record's problem.
-            cached = json.loads(self._field(answer, "schema", str, "GET", path))
-            self._cache[schema_id] = cached
-        return cached
+        path = f"/schemas/ids/{schema_id}"
+        found = self._call("GET", path, lambda c: c.get_schema(schema_id), frozenset({SCHEMA_NOT_FOUND}))
+        # Schema text that is not JSON (a Protobuf schema, say) raises ValueError: the record's problem.
+        return json.loads(self._schema_text(self._target("GET", path), found))
 
     def latest(self, subject: str) -> tuple[int, Schema]:
         path = f"/subjects/{subject}/versions/latest"
-        answer = self._call("GET", path, not_found=frozenset({SUBJECT_NOT_FOUND, VERSION_NOT_FOUND}))
-        schema_id = int(self._field(answer, "id", int, "GET", path))
-        schema = json.loads(self._field(answer, "schema", str, "GET", path))
-        self._cache[schema_id] = schema
-        return schema_id, schema
+        target = self._target("GET", path)
+        # get_version("latest") skips the client's cache: a version registered since is seen.
+        registered = self._call("GET", path, lambda c: c.get_version(subject, "latest"),
+                                frozenset({SUBJECT_NOT_FOUND, VERSION_NOT_FOUND}))
+        schema_id = registered.schema_id
+        if not isinstance(schema_id, int) or isinstance(schema_id, bool):
+            raise self._bad_answer(target, f"no int 'id': {_one_line(repr(registered))}")
+        return schema_id, json.loads(self._schema_text(target, registered.schema))
 
     def subjects(self) -> list[str]:
-        answer = self._call("GET", "/subjects")
-        if not isinstance(answer, list):
-            raise RegistryUnavailableError(f"schema registry GET {self.url}/subjects answered HTTP 200 without "
-                                           f"a list of subjects (wrong URL or base path?): {_one_line(str(answer))}")
-        return sorted(str(s) for s in answer)
+        answer = self._call("GET", "/subjects", lambda c: c.get_subjects())
+        if not isinstance(answer, list) or not all(isinstance(s, str) for s in answer):
+            raise self._bad_answer(self._target("GET", "/subjects"),
+                                   f"no list of subjects: {_one_line(str(answer))}")
+        return sorted(answer)
 
 
 def registry_from_settings(settings: Settings) -> SchemaRegistry:
+    """The remote registry when ``schema_registry_url`` is set, else the local store under the home."""
     if settings.schema_registry_url:
-        return HttpSchemaRegistry(settings.schema_registry_url, settings.schema_registry_timeout_s)
+        user_info = settings.schema_registry_basic_auth_user_info
+        if user_info and ":" not in user_info:
+            raise SettingsError(f"{ENV_PREFIX}SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO must be 'user:password'")
+        return HttpSchemaRegistry(
+            settings.schema_registry_url, settings.schema_registry_timeout_s, basic_auth_user_info=user_info,
+            ssl_ca_location=settings.schema_registry_ssl_ca_location,
+            ssl_certificate_location=settings.schema_registry_ssl_certificate_location,
+            ssl_key_location=settings.schema_registry_ssl_key_location)
     settings.private_home()
     return LocalSchemaRegistry(settings.registry_dir)

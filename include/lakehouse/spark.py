@@ -11,7 +11,9 @@ import os
 import shlex
 import sys
 import tempfile
-from collections.abc import MutableMapping
+import uuid
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,7 +23,7 @@ from lakehouse.catalog import SQLITE_BUSY_TIMEOUT_MS, prepare_catalog_db
 from lakehouse.settings import REPO_ROOT, Settings, SettingsError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 ICEBERG_JAR = "iceberg-spark-runtime-3.5_2.12-1.10.2.jar"
 SPARK_JOBS_DIR = REPO_ROOT / "spark_jobs"
@@ -192,14 +194,15 @@ def local_environment(settings: Settings, env: MutableMapping[str, str]) -> Muta
 
 def session(settings: Settings, app_name: str) -> SparkSession:
     """A SparkSession with the project's configuration (used by jobs and tests)."""
-    from pyspark import SparkContext
     from pyspark.sql import SparkSession
+
+    from lakehouse.adapters.spark import jvm_gateway
 
     local_environment(settings, os.environ)
     prepare_catalog_db(settings)
     conf = spark_conf(settings)
     launch_args = os.environ.get("PYSPARK_SUBMIT_ARGS")
-    if SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+    if jvm_gateway() is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
         # This process starts the JVM, and pyspark passes every builder setting to it as a --conf
         # argument (launch_gateway), visible in ps: the credentials go in by file instead.
         secrets = secrets_file(settings)
@@ -222,6 +225,22 @@ def session(settings: Settings, app_name: str) -> SparkSession:
             os.environ["PYSPARK_SUBMIT_ARGS"] = launch_args
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextmanager
+def temp_view(df: DataFrame, prefix: str) -> Iterator[str]:
+    """``df`` as a uniquely named temporary view (for SQL such as MERGE), dropped afterwards.
+
+    A unique name keeps concurrent uses in one session apart. A DataFrame that ``spark.sql``
+    built on the view inside the block still works after the drop: the view was resolved into
+    its plan when ``spark.sql`` analyzed the query.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex}"
+    df.createOrReplaceTempView(name)
+    try:
+        yield name
+    finally:
+        df.sparkSession.catalog.dropTempView(name)
 
 
 @dataclass(frozen=True)

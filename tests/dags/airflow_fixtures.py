@@ -1,6 +1,6 @@
 """Fixtures and helpers for the Airflow tests: a temporary Airflow home per test, a local webhook
-receiver and a local StatsD (UDP) receiver. (A module, not a conftest: tests/conftest.py must stay
-the only module named ``conftest`` so ``from conftest import make_env`` keeps working.)
+receiver and a local StatsD (UDP) receiver. (A module, not a conftest, imported
+like tests/support.py.)
 
 Airflow is never imported at module level here: importing it reads AIRFLOW_HOME once and would
 create ``~/airflow``; the ``dagbag`` fixture imports it after pointing AIRFLOW_HOME at a temp dir.
@@ -12,15 +12,15 @@ import json
 import os
 import queue
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, make_env
+from local_checks import http_server
+from support import free_port, make_env
 
 from lakehouse.orchestration.environment import DAGS_FOLDER, airflow_env
 from lakehouse.settings import Settings, load_settings
@@ -68,15 +68,8 @@ def webhook() -> Iterator[Webhook]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Webhook(f"http://127.0.0.1:{server.server_address[1]}/hooks/lakehouse", received)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_server(Handler) as root:
+        yield Webhook(f"{root}/hooks/lakehouse", received)
 
 
 @pytest.fixture()

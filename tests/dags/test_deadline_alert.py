@@ -24,6 +24,7 @@ import pytest
 from airflow_fixtures import Webhook, airflow_setup, statsd, statsd_lines, webhook  # noqa: F401 - fixtures
 
 from lakehouse import names
+from lakehouse.metrics import parse_line
 from lakehouse.orchestration import environment
 from lakehouse.orchestration.alerts import alerts_log_path
 
@@ -80,7 +81,7 @@ def _wait_for_alert(path: Path, run_id: str, log_dir: Path, timeout_s: float = 1
 
 
 def _tags(line: str) -> dict[str, str]:
-    return dict(t.split(":", 1) for t in line.split("|#", 1)[1].split(","))
+    return parse_line(line, "lakehouse").tags
 
 
 def test_runs_held_past_their_deadline_alert_through_every_channel(tmp_path: Path, webhook: Webhook,  # noqa: F811
@@ -118,7 +119,7 @@ def test_runs_held_past_their_deadline_alert_through_every_channel(tmp_path: Pat
         "deadline_missed", names.SILVER_DAG, "held-2", "silver")
     assert alert["text"].startswith("[lakehouse warning] deadline_missed silver_transformation")
 
-    counters = [_tags(ln) for ln in statsd_lines(statsd) if ln.startswith("lakehouse.alerts:1|c|#")]
+    counters = [_tags(ln) for ln in statsd_lines(statsd) if ln.startswith("lakehouse.alerts.") and ln.endswith(":1|c")]
     assert [(t["event"], t["dag_id"], t["layer"]) for t in counters] == [
         ("deadline_missed", names.BRONZE_DAG, "bronze"), ("deadline_missed", names.SILVER_DAG, "silver")]
     assert [(a["event"], a["run_id"]) for a in _logged_alerts(alerts)] == [

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PG, free_port, postgres_databases
+from support import PG, free_port, postgres_databases
 from compose_policy import COMPOSE_FILE, environment_of, interpolate_tree, load, sample_environment, services
 
 pytestmark = [pytest.mark.postgres]

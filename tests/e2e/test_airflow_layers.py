@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from support import free_port
 
 from lakehouse import names
 from lakehouse.catalog import load_catalog

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port, make_env
+from support import free_port, make_env
 
 from lakehouse import names
 from lakehouse.broker import port_open

@@ -4,7 +4,6 @@ reads each new one from offset 0, and records what the old one held that it neve
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 from typing import Any
@@ -116,7 +115,7 @@ def test_a_stopped_broker_fails_the_run_in_one_line_and_commits_nothing(isolated
     produce(isolated, range(0, 6))
     assert run_bronze(s, isolated, EX).records == 6
     broker.stop(isolated)
-    quick = dataclasses.replace(isolated, bronze_kafka_timeout_s=3.0)
+    quick = isolated.replace(bronze_kafka_timeout_s=3.0)
     with pytest.raises(KafkaUnavailableError) as failure:
         run_bronze(s, quick, EX)
     assert "\n" not in str(failure.value) and names.topic(isolated, EX) in str(failure.value)

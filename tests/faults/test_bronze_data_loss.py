@@ -6,7 +6,6 @@ started with ``accept_data_loss`` (``--accept-data-loss``) accepts that loss, on
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 from collections.abc import Iterator
@@ -81,7 +80,7 @@ def restart_broker(settings: Settings) -> None:
 def test_recreated_kafka_topic_fails_loudly_until_one_run_accepts_it(isolated: Settings, spark: Any,
                                                                      statsd: socket.socket) -> None:
     s = session(isolated, "t")
-    external = dataclasses.replace(isolated, kafka_embedded=False)  # Kafka keeps topics: recreated is a loss
+    external = isolated.replace(kafka_embedded=False)  # Kafka keeps topics: recreated is a loss
     produce(isolated, 10, "old")
     assert run_bronze(s, external, EX).records == 20
     before = rows(s, isolated)
@@ -101,7 +100,7 @@ def test_recreated_kafka_topic_fails_loudly_until_one_run_accepts_it(isolated: S
     assert [(e, d["partition"], d["kind"], d["missing_from"], d["missing_to"]) for e, d in events] == [
         ("data_loss_detected", p, "topic_recreated", 10 if p < 2 else 0, None) for p in range(3)]
     metrics = received(statsd)
-    assert any(m.startswith("lakehouse.bronze.runs:1|c") and "status:failed" in m for m in metrics)
+    assert any(m.startswith(f"lakehouse.bronze.runs.{EX}.failed:1|c") for m in metrics)
     with pytest.raises(DataLossError):  # still failing: a failed run accepts nothing
         run_bronze(s, external, EX)
 
@@ -141,7 +140,7 @@ def test_retention_gap_fails_loudly_then_accepting_moves_on(isolated: Settings, 
     [(event, detail)] = audit(s, isolated)
     assert event == "data_loss_detected" and (detail["kind"], detail["missing_from"], detail["missing_to"]) == \
         ("retention_gap", 5, 15)
-    assert any(m.startswith("lakehouse.bronze.data_loss:10|c") for m in received(statsd))
+    assert any(m.startswith(f"lakehouse.bronze.data_loss.{EX}.0.retention_gap.false:10|c") for m in received(statsd))
 
     result = run_bronze(s, isolated, EX, accept_data_loss=True)
     # Partition 0 restarts at the low watermark; partition 1 loses nothing.
@@ -153,7 +152,7 @@ def test_retention_gap_fails_loudly_then_accepting_moves_on(isolated: Settings, 
 
 def test_missing_topic_is_a_one_line_error(isolated: Settings, spark: Any) -> None:
     s = session(isolated, "t")
-    other = dataclasses.replace(isolated, topic_prefix="no.such.prefix")
+    other = isolated.replace(topic_prefix="no.such.prefix")
     with pytest.raises(BronzeError, match="topic no.such.prefix.binance does not exist"):
         bronze_run.run_bronze(s, other, EX)
 

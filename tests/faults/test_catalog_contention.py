@@ -37,7 +37,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import IntegerType, NestedField, StringType
 
 import contention_worker as cw
-from conftest import make_env
+from support import make_env
 from lakehouse import catalog as catalog_module
 from lakehouse.catalog import CatalogBusyError, CatalogConflictError, append_data_files, load_catalog
 from lakehouse.settings import Settings, load_settings

@@ -4,18 +4,18 @@ or a body that is not the registry's JSON fail the Silver run and dead-letter no
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pytest
 
-from conftest import free_port
+from support import free_port
 from local_checks import http_server
 from lakehouse import avro, names
 from lakehouse.registry import (
@@ -65,10 +65,11 @@ class FakeRegistry(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         prefix = f"{BASE}/schemas/ids/"
-        if self.path in self.answers:
-            self._send(self.answers[self.path])
-        elif self.store is not None and self.path.startswith(prefix):
-            schema_id = int(self.path[len(prefix):])
+        path = urlsplit(self.path).path  # the client adds query parameters (?deleted=False, ...)
+        if path in self.answers:
+            self._send(self.answers[path])
+        elif self.store is not None and path.startswith(prefix):
+            schema_id = int(path[len(prefix):])
             try:
                 schema = self.store.get_schema(schema_id)
             except UnknownSchemaError:
@@ -107,16 +108,19 @@ def test_confluent_schema_not_found_40403_is_an_unknown_schema_and_its_record_is
                  id="plain-404"),
     pytest.param((404, "application/json", b'{"message": "no route"}'), "HTTP 404 without a schema registry",
                  id="json-404-without-error-code"),
-    pytest.param(confluent_error(401, 401, "Unauthorized"), "HTTP 401 error_code 401: Unauthorized", id="401"),
+    pytest.param(confluent_error(401, 401, "Unauthorized"),
+                 "HTTP 401 error_code 401 (credentials missing or refused): Unauthorized", id="401"),
     pytest.param((403, "text/plain", b"Forbidden"), "HTTP 403 (credentials missing or refused): Forbidden",
                  id="403"),
     pytest.param(confluent_error(500, 50001, "Error in the backend datastore"), "HTTP 500 error_code 50001",
                  id="500"),
     pytest.param((502, "text/html", b"<html><body>\nBad Gateway\n</body></html>"), "HTTP 502: <html>", id="502"),
-    pytest.param((200, "text/html", b"<html>\n<body>Welcome</body>\n</html>"), "HTTP 200 with a body that is not JSON",
+    pytest.param((200, "text/html", b"<html>\n<body>Welcome</body>\n</html>"), "HTTP 2xx with a body that is not JSON",
                  id="200-not-json"),
-    pytest.param((200, "application/json", b'{"status": "UP"}'), "HTTP 200 without a str 'schema'",
+    pytest.param((200, "application/json", b'{"status": "UP"}'), "HTTP 2xx with no str 'schema'",
                  id="200-other-json"),
+    pytest.param((200, "application/json", b'["a", "list"]'), "HTTP 2xx with JSON that is not a schema registry answer",
+                 id="200-json-list"),
 ])
 def test_any_other_answer_is_an_outage_named_in_one_line(answer: Answer, shown: str) -> None:
     with serving({f"{BASE}/schemas/ids/7": answer}) as root:
@@ -154,7 +158,16 @@ def test_an_unreachable_registry_is_one_line_naming_the_url() -> None:
     url = f"http://127.0.0.1:{free_port()}{BASE}"
     with pytest.raises(RegistryUnavailableError) as caught:
         HttpSchemaRegistry(url, timeout_s=2).get_schema(3)
-    assert f"GET {url}/schemas/ids/3 unreachable: " in str(caught.value) and "\n" not in str(caught.value)
+    assert f"GET {url}/schemas/ids/3 unreachable after 2 attempts within 2 s: " in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_credentials_in_the_url_are_not_shown() -> None:
+    port = free_port()
+    with pytest.raises(RegistryUnavailableError) as caught:
+        HttpSchemaRegistry(f"http://user:s3cret@127.0.0.1:{port}{BASE}", timeout_s=2).get_schema(3)
+    assert f"GET http://127.0.0.1:{port}{BASE}/schemas/ids/3 unreachable" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
 
 
 @pytest.mark.integration
@@ -177,7 +190,7 @@ def test_a_silver_run_against_a_wrong_registry_base_path_fails_and_writes_nothin
         return [r.asDict() for r in spark.table(names.qualified(isolated, table)).collect()]
 
     with serving(store=store) as root:
-        wrong = dataclasses.replace(isolated, schema_registry_url=root, schema_registry_timeout_s=5.0)
+        wrong = isolated.replace(schema_registry_url=root, schema_registry_timeout_s=5.0)
         with pytest.raises(RegistryUnavailableError) as caught:
             run(spark, wrong, EX)
         message = str(caught.value)
@@ -185,7 +198,7 @@ def test_a_silver_run_against_a_wrong_registry_base_path_fails_and_writes_nothin
         assert f"GET {root}/schemas/ids/{sid} answered HTTP 404 without a schema registry error code" in message
         assert rows(names.silver_table(EX)) == [] and rows(names.DLQ_TABLE) == []
 
-        right = dataclasses.replace(wrong, schema_registry_url=root + BASE)
+        right = wrong.replace(schema_registry_url=root + BASE)
         summary = run(spark, right, EX)  # the same batch, now with the registry's base path
 
     assert summary.read == 4 and summary.valid == 3 and summary.dead_lettered == {"unknown_schema_id": 1}

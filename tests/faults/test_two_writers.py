@@ -30,7 +30,7 @@ from typing import IO, Any
 import pytest
 from pyiceberg.expressions import EqualTo
 
-from conftest import make_env
+from support import make_env
 from lakehouse import avro, names, stack, tables
 from lakehouse.catalog import load_catalog
 from lakehouse.jobs import EXIT_CONCURRENT

@@ -3,7 +3,6 @@ runs, and offsets that survive compaction plus snapshot expiry."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -113,7 +112,7 @@ def test_every_record_exactly_once_then_noop(isolated: Settings, spark: Any) -> 
 def test_admission_cap_is_fair_and_runs_in_several_tasks(isolated: Settings, spark: Any) -> None:
     s = session(isolated, "t")
     sent = {**produce(isolated, 200, partitions=(0,)), **produce(isolated, 10, partitions=(1,), tag="b")}
-    capped = dataclasses.replace(isolated, bronze_max_records_per_run=60, bronze_records_per_task=20)
+    capped = isolated.replace(bronze_max_records_per_run=60, bronze_records_per_task=20)
     first = run_bronze(s, capped, EX)
     assert first.records == 60
     # Partition 1 gets all of its 10 records; partition 0 the rest of the cap, in pieces of 20,

@@ -4,7 +4,6 @@ every record exactly once, none stamped before it was produced."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Any
 
@@ -78,7 +77,7 @@ def bronze_stats(spark: Any, settings: Settings) -> dict[int, tuple[int, int, in
 def test_runs_finish_while_a_producer_writes_at_full_speed_and_miss_nothing(isolated: Settings, spark: Any) -> None:
     s = session(isolated, "t")
     # A planning that waits for an end of partition fails after this long instead of finishing.
-    settings = dataclasses.replace(isolated, bronze_kafka_timeout_s=20.0)
+    settings = isolated.replace(bronze_kafka_timeout_s=20.0)
     producer = FullSpeedProducer(settings)
     producer.start()
     try:

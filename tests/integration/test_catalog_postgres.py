@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PG, postgres_databases
+from support import PG, postgres_databases
 
 from lakehouse import names, tables
 from lakehouse.catalog import CatalogUnavailableError, load_catalog
@@ -43,7 +43,7 @@ def test_tables_on_postgres_are_shared_by_pyiceberg_and_spark(pg_settings: Setti
 
 
 def test_unreachable_catalog_database_is_one_line(tmp_path: Path) -> None:
-    from conftest import free_port
+    from support import free_port
 
     settings = load_settings({"LAKEHOUSE_HOME": str(tmp_path),
                               "LAKEHOUSE_CATALOG_URI": f"jdbc:postgresql://127.0.0.1:{free_port()}/nowhere",

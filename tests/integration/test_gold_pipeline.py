@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -22,7 +21,7 @@ from lakehouse import names
 from lakehouse.gold import job
 from lakehouse.gold.plans import scan_metrics
 from lakehouse.gold.synthetic import silver_frame, silver_record
-from lakehouse.gold.writer import BatchStats
+from lakehouse.gold.writer import GoldBatchStats
 from lakehouse.settings import Settings, load_settings
 from lakehouse.spark import session
 
@@ -55,7 +54,7 @@ def checkpoint_dir(settings: Settings, exchange: str) -> Path:
     return Path(urllib.parse.urlparse(names.gold_checkpoint(settings, exchange)).path)
 
 
-def by_source(stats: list[BatchStats], source: str) -> list[BatchStats]:
+def by_source(stats: list[GoldBatchStats], source: str) -> list[GoldBatchStats]:
     return [s for s in stats if s.source == source]
 
 
@@ -146,7 +145,7 @@ def test_filtered_query_and_merge_prune_hour_partitions(isolated: Settings) -> N
 
 def test_adding_an_exchange_starts_its_stream_and_keeps_the_others(isolated: Settings) -> None:
     spark = session(isolated, "test-gold")
-    only_binance = dataclasses.replace(isolated, exchanges=("binance",))
+    only_binance = isolated.replace(exchanges=("binance",))
     append_silver(spark, isolated, "binance", [binance(1, H0), binance(2, H0 + 1)])
     append_silver(spark, isolated, "kraken", [kraken(1, H0 + 2)])
     assert sum(s.rows_in for s in job.run(spark, only_binance)) == 2
@@ -199,7 +198,7 @@ def test_lakehouse_run_gold_is_the_spark_submit_job_and_reports_metrics(isolated
 
     def metric(name: str, source: str) -> float:
         [value] = [float(p.split(":", 1)[1].split("|", 1)[0]) for p in packets
-                   if p.startswith(f"{isolated.statsd_prefix}.{name}:") and f"source:{source}" in p]
+                   if p.startswith(f"{isolated.statsd_prefix}.{name}.{source}:")]
         return value
 
     assert (metric("gold.rows_in", "binance"), metric("gold.rows_written", "binance")) == (2, 1)

@@ -3,7 +3,6 @@ expiry keep every layer exactly once, orphan removal spares young files, dry run
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -60,7 +59,7 @@ def bronze_offsets(settings: Settings) -> dict[int, int] | None:
 
 def test_expiry_keeps_what_a_lagging_silver_stream_needs(isolated: Settings, caplog: pytest.LogCaptureFixture) -> None:
     s = session(isolated, "t")
-    settings = dataclasses.replace(isolated, snapshot_retain_last=1)
+    settings = isolated.replace(snapshot_retain_last=1)
     for batch in range(2):
         produce(settings, range(batch * 10, batch * 10 + 10))
         run_bronze(s, settings, EX)
@@ -91,7 +90,7 @@ def test_expiry_keeps_what_a_lagging_silver_stream_needs(isolated: Settings, cap
 @pytest.mark.slow  # ~40 s: 'make test-slow' (CI runs it after 'make test')
 def test_compaction_and_expiry_then_every_layer_exactly_once(isolated: Settings) -> None:
     s = session(isolated, "t")
-    settings = dataclasses.replace(isolated, snapshot_retain_last=1)
+    settings = isolated.replace(snapshot_retain_last=1)
     for batch in range(3):
         produce(settings, range(batch * 10, batch * 10 + 10))
         run_bronze(s, settings, EX)
@@ -131,7 +130,7 @@ def _local(uri: str) -> Path:
 
 def test_orphan_removal_spares_young_files_and_dry_run_changes_nothing(isolated: Settings) -> None:
     s = session(isolated, "t")
-    settings = dataclasses.replace(isolated, snapshot_retain_last=1)
+    settings = isolated.replace(snapshot_retain_last=1)
     for batch in range(3):
         produce(settings, range(batch * 10, batch * 10 + 10))
         run_bronze(s, settings, EX)
@@ -199,14 +198,14 @@ def test_the_dag_job_and_the_cli_dry_run(isolated: Settings, tmp_path: Path) -> 
 @pytest.mark.fault
 def test_a_retried_silver_batch_still_finds_its_tag_after_compaction_and_expiry(isolated: Settings) -> None:
     s = session(isolated, "t")
-    settings = dataclasses.replace(isolated, snapshot_retain_last=1)
+    settings = isolated.replace(snapshot_retain_last=1)
     produce(settings, range(0, 10))
     run_bronze(s, settings, EX)
     silver_job.run(s, settings, EX)
     produce(settings, range(10, 20))
     run_bronze(s, settings, EX)
     with pytest.raises(silver_job.SilverRunError, match="InjectedFault"):
-        silver_job.run(s, dataclasses.replace(settings, silver_fault_injection="after_silver"), EX)
+        silver_job.run(s, settings.replace(silver_fault_injection="after_silver"), EX)
     silver = names.silver_table(EX)
     tagged = load_catalog(settings).load_table(silver).current_snapshot()
     assert tagged is not None and names.SILVER_BATCH_PROPERTY in tagged.summary.additional_properties

@@ -4,7 +4,6 @@ the critical alert naming the error type, once each, then resolves."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -109,7 +108,7 @@ def test_a_3_then_6_percent_dead_letter_share_warns_then_goes_critical_naming_th
         isolated: Settings) -> None:
     from lakehouse.silver.job import run as run_silver
 
-    settings = dataclasses.replace(isolated, exchanges=(EX,))
+    settings = isolated.replace(exchanges=(EX,))
     spark = session(settings, "monitor-test")
     _bronze_batch(settings, 0, 97, 3)  # 3%
     run_silver(spark, settings, EX)
@@ -154,7 +153,7 @@ def test_kafka_down_fails_the_run_in_one_line_after_publishing_the_rest_and_keep
     from lakehouse.monitor.alerting import load_state, state_path
     from lakehouse.monitor.run import MonitorError
 
-    settings = dataclasses.replace(isolated, exchanges=(EX,), alert_lag_warning_s=1, alert_lag_critical_s=2)
+    settings = isolated.replace(exchanges=(EX,), alert_lag_warning_s=1, alert_lag_critical_s=2)
     produce_trades(settings, EX, range(5))
     fired = run_monitor(settings, now=time.time() + LATER)  # Bronze never ran: the lag is critical
     assert [(n.rule.name, n.state.severity) for n in fired.notifications] == [("kafka_lag", CRITICAL)]

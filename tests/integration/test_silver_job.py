@@ -4,7 +4,6 @@ a registry outage fails the run, and the job runs through the same spark-submit 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as dt
 import os
 import random
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
-from conftest import free_port
+from support import free_port
 from local_checks import encode_with
 from lakehouse import avro, names, streaming
 from lakehouse.registry import RegistryUnavailableError, registry_from_settings
@@ -89,7 +88,7 @@ def landed(spark: SparkSession, settings: Settings) -> tuple[Landed, Landed]:
 
 
 def test_every_bronze_row_ends_in_exactly_one_of_silver_or_the_dlq(isolated: Settings) -> None:
-    settings = dataclasses.replace(isolated, silver_max_files_per_batch=1)
+    settings = isolated.replace(silver_max_files_per_batch=1)
     spark = session(settings, "silver-test")
     sid, newer_sid = _register(settings), _register(settings, NEWER)
     now = dt.datetime.now(dt.timezone.utc)
@@ -139,7 +138,7 @@ def _kill_and_retry(isolated: Settings, fault: str) -> None:
     valid = sum(e is None for _, e in pairs)
 
     with pytest.raises(SilverRunError, match="InjectedFault"):
-        run(spark, dataclasses.replace(isolated, silver_fault_injection=fault), EX)
+        run(spark, isolated.replace(silver_fault_injection=fault), EX)
     silver, dlq = landed(spark, isolated)
     assert len(silver) == valid  # Silver committed before the fault
     assert len(dlq) == (len(pairs) - valid if fault == "after_both" else 0)
@@ -173,7 +172,7 @@ def test_an_unreachable_schema_registry_fails_the_run_and_dead_letters_nothing(i
     now = dt.datetime.now(dt.timezone.utc)
     pairs = mixed_values(sid, newer_sid, now)
     append_bronze(spark, isolated, [v for v, _ in pairs], 0, now)
-    down = dataclasses.replace(isolated, schema_registry_url=f"http://127.0.0.1:{free_port()}",
+    down = isolated.replace(schema_registry_url=f"http://127.0.0.1:{free_port()}",
                                schema_registry_timeout_s=2.0)
 
     with pytest.raises(RegistryUnavailableError, match="unreachable"):
@@ -206,10 +205,10 @@ def test_lakehouse_run_silver_is_the_spark_submit_job(isolated: Settings) -> Non
 def test_a_run_ends_after_its_target_even_while_bronze_keeps_growing(isolated: Settings,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from lakehouse.catalog import load_catalog
-    from lakehouse.silver import job
+    from lakehouse.silver import stream
     from lakehouse.silver.synthetic import bronze_arrow
 
-    settings = dataclasses.replace(isolated, silver_max_rows_per_batch=1)  # the rows cap: one file per batch
+    settings = isolated.replace(silver_max_rows_per_batch=1)  # the rows cap: one file per batch
     spark = session(settings, "silver-test")
     sid = _register(settings)
     now = dt.datetime.now(dt.timezone.utc)
@@ -221,7 +220,7 @@ def test_a_run_ends_after_its_target_even_while_bronze_keeps_growing(isolated: S
     bronze = load_catalog(settings).load_table(names.bronze_table(EX))
     for first in (0, 100):  # the target: two commits, one bounded batch each
         bronze.append(bronze_arrow(trades(first), names.topic(settings, EX), now, first))
-    process_batch = job.process_batch
+    process_batch = stream.process_batch
     arrivals = iter(range(1000, 10_000, 100))
 
     def batch_then_new_bronze_commit(*args: Any, **kwargs: Any) -> Any:
@@ -231,7 +230,7 @@ def test_a_run_ends_after_its_target_even_while_bronze_keeps_growing(isolated: S
             bronze_arrow(trades(first), names.topic(settings, EX), now, first))
         return stats
 
-    monkeypatch.setattr(job, "process_batch", batch_then_new_bronze_commit)
+    monkeypatch.setattr(stream, "process_batch", batch_then_new_bronze_commit)
     summary = run(spark, settings, EX)
 
     assert len(summary.batches) == 2 + streaming.EXTRA_BATCHES  # the target, one extra, then it refuses and ends
@@ -246,7 +245,7 @@ def test_a_run_ends_after_its_target_even_while_bronze_keeps_growing(isolated: S
 
 def test_a_row_that_passes_its_dead_letter_recheck_is_still_dead_lettered(isolated: Settings) -> None:
     """Pass 1 failed it (so it is not in Silver); if pass 2 finds it valid it must not vanish."""
-    from lakehouse.silver import job
+    from lakehouse.silver import batch, job
     from lakehouse.silver.transform import from_bronze
 
     spark = session(isolated, "silver-test")
@@ -255,7 +254,7 @@ def test_a_row_that_passes_its_dead_letter_recheck_is_still_dead_lettered(isolat
     good = avro.encode(sid, avro.parsed_trade_schema(), trade(1, int(now.timestamp() * 1_000_000) - 1_000_000))
     source = from_bronze(bronze_frame(spark, [good, b"\x07junk"], names.topic(isolated, EX), now))
 
-    dead = job._write_dlq(source, isolated, EX, "query:0", now)
+    dead = batch._write_dlq(source, isolated, EX, "query:0", now)
 
     assert dead == {job.RECHECK_PASSED: 1, "bad_magic_byte": 1}
     _, dlq = landed(spark, isolated)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PG, free_port, postgres_databases
+from support import PG, free_port, postgres_databases
 from confluent_kafka import Producer
 
 from lakehouse import names, tables

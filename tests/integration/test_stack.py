@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import make_env
+from support import make_env
 from lakehouse import broker, names, stack
 from lakehouse.catalog import load_catalog
 from lakehouse.settings import Settings, load_settings

@@ -4,7 +4,9 @@ A dashboard panel or an alert on a misspelt or renamed metric shows "no data" an
 silently. So the StatsD metric contract (what the lakehouse jobs, the pipeline_monitor DAG and
 Airflow send) is written down once, in :data:`CONTRACT`; the statsd-exporter mapping is applied to
 it the way the exporter applies it; and every metric name in the dashboard's queries and the
-rules' expressions must be among the results.
+rules' expressions must be among the results. The lakehouse sends plain StatsD with its label
+values as trailing dotted parts (:mod:`lakehouse.metrics`), so the code's table of metrics
+(``METRICS``), the mapping's rules and this contract must agree on names, labels and their order.
 """
 
 from __future__ import annotations
@@ -21,17 +23,22 @@ import pytest
 from monitoring_files import (GRAFANA_DASHBOARD, GRAFANA_DATASOURCE, GRAFANA_PROVIDER, STATSD_MAPPING,
                               alert_rules, load_yaml, metric_names, selectors)
 
+from lakehouse.metrics import METRICS, dotted_name
+from lakehouse.settings import Settings
+
 GAUGE, COUNTER, TIMER = "gauge", "counter", "timer"
 DROPPED = "<dropped>"
 
 
 @dataclass(frozen=True)
 class Metric:
-    """One StatsD metric as sent: name (prefix included), type and tag keys (DogStatsD ``|#k:v``).
+    """One StatsD metric: name (prefix included, label values not), type and label names.
 
-    ``prom`` is the Prometheus name the mapping must give it (default: the exporter's own
-    conversion, dots to underscores; :data:`DROPPED` when the mapping drops it) and ``labels``
-    the labels the mapping derives from the name (Airflow's names carry their ids).
+    ``tags`` are the Prometheus labels whose values the lakehouse sends as dotted parts after the
+    name, in this order (``lakehouse.bronze.runs.<exchange>.<status>``). ``prom`` is the Prometheus
+    name the mapping must give it (default: the exporter's own conversion, dots to underscores;
+    :data:`DROPPED` when the mapping drops it) and ``labels`` the fixed labels the mapping derives
+    from the name (Airflow's names carry their ids).
     """
 
     statsd: str
@@ -43,6 +50,17 @@ class Metric:
     @property
     def expected_name(self) -> str:
         return self.prom or escape_metric_name(self.statsd)
+
+    def samples(self) -> dict[str, str]:
+        """A distinct sample value for each tag: what the mapping must put in that label."""
+        return {tag: f"{tag}-{index}" for index, tag in enumerate(self.tags, 1)}
+
+    def sent(self) -> str:
+        """The name as it arrives, with the sample values of its tags."""
+        return ".".join((self.statsd, *self.samples().values()))
+
+    def expected_labels(self) -> dict[str, str]:
+        return {**self.labels, **self.samples()}
 
 
 def _monitor(figure: str, *tags: str) -> Metric:
@@ -71,6 +89,10 @@ CONTRACT: tuple[Metric, ...] = (
     Metric("lakehouse.bronze.runs", COUNTER, ("exchange", "status")),
     Metric("lakehouse.bronze.duration_ms", TIMER, ("exchange", "status"), prom="lakehouse_bronze_duration_seconds"),
     Metric("lakehouse.bronze.lag", GAUGE, ("exchange", "partition")),
+    Metric("lakehouse.bronze.offset", GAUGE, ("exchange", "partition")),
+    Metric("lakehouse.bronze.group_commit_failed", COUNTER, ("exchange",)),
+    Metric("lakehouse.bronze.data_loss", COUNTER, ("exchange", "partition", "kind", "accepted")),
+    Metric("lakehouse.bronze.records_discarded", COUNTER, ("exchange", "reason")),
     # Silver
     Metric("lakehouse.silver.records_read", COUNTER, ("exchange",)),
     Metric("lakehouse.silver.records_valid", COUNTER, ("exchange",)),
@@ -79,16 +101,25 @@ CONTRACT: tuple[Metric, ...] = (
     Metric("lakehouse.silver.batch_duration_ms", TIMER, ("exchange",),
            prom="lakehouse_silver_batch_duration_seconds"),
     Metric("lakehouse.silver.dlq_rate", GAUGE, ("exchange",)),
+    Metric("lakehouse.silver.batch_dlq_rate", GAUGE, ("exchange",)),
+    Metric("lakehouse.silver.run_records_read", GAUGE, ("exchange",)),
+    Metric("lakehouse.silver.run_records_valid", GAUGE, ("exchange",)),
+    Metric("lakehouse.silver.run_records_dead_lettered", GAUGE, ("exchange", "error_type")),
     # Gold (tag source = the exchange)
     Metric("lakehouse.gold.rows_in", COUNTER, ("source",)),
     Metric("lakehouse.gold.rows_written", COUNTER, ("source",)),
+    *(Metric(f"lakehouse.gold.{name}", COUNTER, ("source",))
+      for name in ("duplicates_removed", "late_rows", "bars_written")),
+    *(Metric(f"lakehouse.gold.{name}", GAUGE, ("source",))
+      for name in ("max_event_lag_s", "min_event_lag_s", "files_scanned")),
+    Metric("lakehouse.gold.failed_sources", GAUGE),
     Metric("lakehouse.gold.run_ms", TIMER, (), prom="lakehouse_gold_run_seconds"),
     Metric("lakehouse.gold.batch_ms", TIMER, ("source",), prom="lakehouse_gold_batch_seconds"),
     # Producers
     *(Metric(f"lakehouse.producer.{name}", COUNTER, ("exchange",))
       for name in ("produced", "skipped", "rejected", "duplicates", "delivery_errors", "reconnects", "rollovers")),
     # Airflow deadline and failure callbacks
-    Metric("lakehouse.alerts", COUNTER, ("event", "dag_id", "layer")),
+    Metric("lakehouse.alerts", COUNTER, ("event", "dag_id", "layer", "severity")),
     # Airflow 3 (prefix airflow): the legacy names with ids become labels ...
     Metric(f"airflow.dagrun.duration.success.{_DAG}", TIMER, prom="airflow_dagrun_duration_seconds",
            labels={"state": "success", "dag_id": _DAG}),
@@ -144,7 +175,7 @@ SUMMARY_SUFFIXES = ("", "_sum", "_count")
 # --- statsd-exporter's mapping, as the exporter applies it ---------------------------------------
 # Mirrors prometheus/statsd_exporter pkg/mapper (v0.28): strict YAML keys, the validity rules of
 # match lines, names and label keys, glob "*" = exactly one dot-separated part, the first
-# matching rule wins, unmapped names are escaped.
+# matching rule wins, unmapped names are escaped. (No DogStatsD tags: nothing sends any.)
 _MAPPING_KEYS = {"match", "name", "labels", "honor_labels", "observer_type", "match_type", "help", "action",
                  "match_metric_type", "ttl", "summary_options", "histogram_options", "scale"}
 _DEFAULTS_KEYS = {"observer_type", "match_type", "glob_disable_ordering", "ttl", "summary_options",
@@ -180,7 +211,7 @@ def _observer_type(rule: Mapping[str, Any] | None) -> str:
 @dataclass(frozen=True)
 class Mapped:
     name: str  # DROPPED when the mapping drops the metric
-    labels: dict[str, str]  # from the mapping rule and the metric's tags
+    labels: dict[str, str]  # from the mapping rule
     rule: int | None  # index of the matching mapping rule
     observer_type: str | None  # "histogram" or "summary" for timers
 
@@ -195,9 +226,14 @@ class Mapped:
 
 
 def apply_mapping(metric: Metric) -> Mapped:
-    """What statsd-exporter makes of one StatsD metric under the mapping file."""
-    statsd_type = "observer" if metric.kind == TIMER else metric.kind
-    parts = metric.statsd.split(".")
+    """What statsd-exporter makes of one contract metric (sent with its sample values)."""
+    return map_name(metric.sent(), metric.kind)
+
+
+def map_name(name: str, kind: str) -> Mapped:
+    """What statsd-exporter makes of the StatsD name ``name`` of type ``kind`` under the mapping file."""
+    statsd_type = "observer" if kind == TIMER else kind
+    parts = name.split(".")
     for index, rule in enumerate(mapping()["mappings"]):
         if rule.get("match_type", "glob") != "glob":
             continue
@@ -215,11 +251,9 @@ def apply_mapping(metric: Metric) -> Mapped:
         if rule.get("action") == "drop":
             return Mapped(DROPPED, {}, index, None)
         labels = {k: fill(str(v)) for k, v in (rule.get("labels") or {}).items()}
-        labels.update({tag: "<tag>" for tag in metric.tags if tag not in labels or rule.get("honor_labels")})
         return Mapped(escape_metric_name(fill(rule["name"])), labels, index,
-                      _observer_type(rule) if metric.kind == TIMER else None)
-    return Mapped(escape_metric_name(metric.statsd), {tag: "<tag>" for tag in metric.tags}, None,
-                  _observer_type(None) if metric.kind == TIMER else None)
+                      _observer_type(rule) if kind == TIMER else None)
+    return Mapped(escape_metric_name(name), {}, None, _observer_type(None) if kind == TIMER else None)
 
 
 def produced() -> dict[str, set[str]]:
@@ -271,10 +305,9 @@ def test_the_mapping_gives_each_contract_metric_its_prometheus_name(metric: Metr
     """StatsD name -> Prometheus series: dots to underscores, timers renamed to their unit,
     Airflow's ids moved into labels, Airflow's id-less twins dropped."""
     mapped = apply_mapping(metric)
-    assert mapped.name == metric.expected_name
+    assert mapped.name == metric.expected_name, f"{metric.sent()} maps to {mapped.name}"
     if mapped.name != DROPPED:
-        assert {k: v for k, v in mapped.labels.items() if v != "<tag>"} == dict(metric.labels)
-        assert set(mapped.labels) == set(metric.labels) | set(metric.tags)
+        assert mapped.labels == metric.expected_labels(), f"{metric.sent()}: label values in the wrong place"
     if metric.kind == TIMER and mapped.name != DROPPED:
         assert mapped.observer_type == "histogram", "timers are histograms: the dashboard aggregates quantiles"
         assert mapped.name.endswith("_seconds") or mapped.name == escape_metric_name(metric.statsd), (
@@ -301,8 +334,42 @@ def test_one_prometheus_name_has_one_label_set() -> None:
 
 def test_monitor_gauges_expire_so_a_silent_monitor_is_noticed() -> None:
     """LakehouseMonitorDown relies on the monitor's gauges leaving the exporter when not sent."""
-    rule = apply_mapping(_monitor("kafka_lag_seconds", "exchange")).rule
-    assert rule is not None and "ttl" in mapping()["mappings"][rule]
+    figures = [metric for metric in CONTRACT if metric.statsd.startswith("lakehouse.monitor.")]
+    assert len(figures) >= 9
+    for metric in figures:
+        rule = apply_mapping(metric).rule
+        assert rule is not None and "ttl" in mapping()["mappings"][rule], f"{metric.statsd} never expires"
+
+
+# --- the code's table of metrics (lakehouse.metrics.METRICS) ----------------------------------
+
+def _default_prefix() -> str:
+    return str(Settings.model_fields["statsd_prefix"].default)
+
+
+def test_every_metric_the_code_sends_is_in_the_contract() -> None:
+    """METRICS (what StatsD accepts) and the lakehouse part of the contract are the same metrics,
+    of the same type, with the same labels in the same order."""
+    prefix = _default_prefix()
+    assert prefix == "lakehouse", "the mapping's rules are written for the prefix lakehouse"
+    contract = {m.statsd: m for m in CONTRACT if m.statsd.startswith(f"{prefix}.")}
+    code = {f"{prefix}.{name}": spec for name, spec in METRICS.items()}
+    assert sorted(set(code) - set(contract)) == [], "sent by the code, missing from the contract"
+    assert sorted(set(contract) - set(code)) == [], "in the contract, never sent by the code"
+    for name, spec in code.items():
+        assert (spec.kind, spec.labels) == (contract[name].kind, contract[name].tags), name
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_the_names_the_code_builds_map_to_the_same_series_as_before(name: str) -> None:
+    """The real name builder (tags given in reverse order, values needing escaping) through the
+    mapping gives the Prometheus name and labels the DogStatsD tags gave."""
+    spec = METRICS[name]
+    metric = next(m for m in CONTRACT if m.statsd == f"{_default_prefix()}.{name}")
+    tags = {label: f"{label}.{index}:x" for index, label in reversed(list(enumerate(spec.labels, 1)))}
+    mapped = map_name(f"{_default_prefix()}.{dotted_name(name, spec.kind, tags)}", spec.kind)
+    assert mapped.name == metric.expected_name
+    assert mapped.labels == {label: f"{label}_{index}_x" for index, label in enumerate(spec.labels, 1)}
 
 
 # --- the PromQL reader the checks below rely on -----------------------------------------------

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_env
+from support import make_env
 
 from lakehouse.cli import CliError, build_parser
 from lakehouse.producer.generator import generate_frames

@@ -153,3 +153,29 @@ def test_encoder_refuses_a_changed_schema() -> None:
     reordered["fields"][0], reordered["fields"][1] = reordered["fields"][1], reordered["fields"][0]
     with pytest.raises(SchemaMismatchError):
         check_schema(reordered)
+
+
+def test_the_benchmarks_codec_pair_writes_the_same_framed_bytes() -> None:
+    """``make bench`` times our encoder against fastavro's: both must write the same values."""
+    from lakehouse.bench.producer import codec_encoders, encoded_by_both
+
+    records = sample_records() + [base_record(**changes) for changes in EDGE_CASES]
+    encoders = codec_encoders(SCHEMA_ID)
+    assert list(encoders) == ["codec", "fastavro"]
+    values = encoded_by_both(encoders, records)
+    assert values == [encoders["fastavro"](record) for record in records]
+    for record, value in zip(records, values):
+        assert value[:avro.HEADER.size] == b"\x00" + SCHEMA_ID.to_bytes(4, "big")  # Confluent framing
+        body = value[avro.HEADER.size:]
+        assert fastavro.schemaless_reader(io.BytesIO(body), avro.parsed_trade_schema()) == record
+
+
+def test_the_benchmark_refuses_to_time_encoders_that_disagree() -> None:
+    from lakehouse.bench.producer import codec_encoders, encoded_by_both
+
+    records = [base_record(), base_record(side="BUY"), base_record()]
+    encoders = codec_encoders(SCHEMA_ID)
+    codec = encoders["codec"]
+    encoders["codec"] = lambda record: codec(record) + (b"!" if record["side"] == "BUY" else b"")
+    with pytest.raises(RuntimeError, match="codec and fastavro disagree on record 1"):
+        encoded_by_both(encoders, records)

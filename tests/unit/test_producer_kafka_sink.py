@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_env
+from support import free_port, make_env
 
 from lakehouse.producer.kafka import KafkaSink, producer_config
 from lakehouse.producer.pipeline import Stats

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from conftest import make_env
+from support import make_env
 
 from lakehouse import avro, names
 from lakehouse.metrics import StatsD
@@ -145,12 +145,12 @@ def test_metrics_are_sent_as_deltas_tagged_with_the_exchange(settings: Settings)
             publisher.handle(frame, RECEIVED)
         publisher.report_metrics()
         first = {receiver.recv(512).decode() for _ in range(3)}
-        assert first == {"lakehouse.producer.produced:5|c|#exchange:binance",
-                         "lakehouse.producer.skipped:5|c|#exchange:binance",
-                         "lakehouse.producer.rejected:15|c|#exchange:binance"}
+        assert first == {"lakehouse.producer.produced.binance:5|c",
+                         "lakehouse.producer.skipped.binance:5|c",
+                         "lakehouse.producer.rejected.binance:15|c"}
         publisher.handle("not json", RECEIVED)
         publisher.report_metrics()
-        assert receiver.recv(512).decode() == "lakehouse.producer.rejected:1|c|#exchange:binance"
+        assert receiver.recv(512).decode() == "lakehouse.producer.rejected.binance:1|c"
     finally:
         statsd.close()
         receiver.close()

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
-from conftest import make_env
+from support import make_env
 
 from lakehouse import names
 from lakehouse.producer import replay as replay_module

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,9 @@ def test_spark_conf_points_every_job_at_the_same_catalog(tmp_path: Path) -> None
     assert conf["spark.sql.catalog.lh.uri"] == f"jdbc:sqlite:{tmp_path / 'catalog.db'}"
     assert conf["spark.sql.catalog.lh.jdbc.schema-version"] == "V1"
     assert conf["spark.sql.defaultCatalog"] == "lh"
-    assert conf["spark.pyspark.python"].endswith("python") or "python" in conf["spark.pyspark.python"]
+    # Executors and the driver run this virtualenv's interpreter (the one with lakehouse installed),
+    # not whichever "python" is first on the PATH.
+    assert conf["spark.pyspark.python"] == conf["spark.pyspark.driver.python"] == sys.executable
     assert any(j.endswith("iceberg-spark-runtime-3.5_2.12-1.10.2.jar") for j in jars(settings))
 
 
@@ -140,7 +143,6 @@ def test_driver_jvm_maps_the_class_archive_only_when_make_built_it(tmp_path: Pat
 
 def test_python_workers_fork_from_a_daemon_that_preloaded_the_task_modules() -> None:
     import subprocess
-    import sys
 
     from lakehouse import spark_daemon
     from lakehouse.spark import DAEMON_MODULE, spark_conf

@@ -28,7 +28,7 @@ from lakehouse.catalog import load_catalog
 from lakehouse.gold import job
 from lakehouse.gold.synthetic import silver_range
 from lakehouse.gold.transforms import ohlcv_1m, to_gold
-from lakehouse.gold.writer import BatchStats
+from lakehouse.gold.writer import GoldBatchStats
 from lakehouse.settings import Settings, load_settings
 from lakehouse.spark import session
 
@@ -83,7 +83,7 @@ def _append_silver(spark: SparkSession, settings: Settings, exchange: str, df: D
 
 
 def _timed_run(spark: SparkSession, settings: Settings, expected_written: int,
-               what: str) -> tuple[float, list[BatchStats]]:
+               what: str) -> tuple[float, list[GoldBatchStats]]:
     """One Gold run, timed; fails if dedupe let a copy through or lost a trade (a broken run measures nothing)."""
     started = time.monotonic()
     stats = job.run(spark, settings)

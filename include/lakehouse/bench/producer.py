@@ -6,31 +6,47 @@ included). The floor is a plain confluent-kafka producer with the same configura
 the same pre-encoded values from the same process; the ratio says how much of the Kafka
 client's speed the Python side keeps. The producer process is pinned to one CPU (librdkafka's
 threads included); the broker runs outside that pin.
+
+The codec pair times the Avro step alone, in the same run: the producers' hand-written encoder
+(lakehouse.producer.codec) against fastavro's ``schemaless_writer`` with the parsed schema and the
+same Confluent framing (lakehouse.avro.encode), on the same normalized trades, after checking that
+both write the same bytes. It is what justifies keeping the hand-written encoder (see codec.py).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 
-from lakehouse import broker, names
+from lakehouse import avro, broker, names
 from lakehouse.bench import report
+from lakehouse.producer.codec import TradeEncoder
 from lakehouse.producer.generator import generate_frames, write_recording
 from lakehouse.producer.kafka import KafkaSink, producer_config
+from lakehouse.producer.normalize import normalizer_for
 from lakehouse.producer.pipeline import MemorySink, Stats, build_publisher
 from lakehouse.producer.replay import replay
 from lakehouse.settings import Settings, load_settings
 
 TRADES = {"binance": 200_000, "kraken": 100_000}
 FLUSH_TIMEOUT_S = 300.0
+# The codec pair: trades per exchange (times --scale) and interleaved timed rounds (the best counts).
+CODEC_TRADES = {"binance": 40_000, "kraken": 20_000}
+CODEC_ROUNDS = 5
+CODEC_SCHEMA_ID = 1
+CODEC_RECEIVED_US = 1_709_251_300_000_000
+
+Encode = Callable[[Mapping[str, Any]], bytes]
 
 
 def _free_port() -> int:
@@ -115,7 +131,64 @@ def _pipeline(settings: Settings, exchange: str, recording: Path) -> Run:
     return run
 
 
+def codec_records(scale: float, binance_quotes: Sequence[str]) -> list[dict[str, Any]]:
+    """Normalized trades of both exchanges from generated frames: what the producers encode."""
+    records: list[dict[str, Any]] = []
+    for exchange, trades in CODEC_TRADES.items():
+        normalizer = normalizer_for(exchange, binance_quotes)
+        for frame in generate_frames(exchange, max(1000, int(trades * scale)), seed=42, time_unit="us"):
+            records += normalizer.normalize(frame, CODEC_RECEIVED_US) or []
+    return records
+
+
+def codec_encoders(schema_id: int) -> dict[str, Encode]:
+    """The pair, each writing magic byte, 4-byte schema id and Avro body: ours, then fastavro's."""
+    return {"codec": TradeEncoder(schema_id).encode,
+            "fastavro": functools.partial(avro.encode, schema_id, avro.parsed_trade_schema())}
+
+
+def encoded_by_both(encoders: Mapping[str, Encode], records: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """Every record's value, once checked to be the same bytes from each encoder.
+
+    Raises ``RuntimeError`` naming the first record they disagree on: timing encoders that write
+    different values would compare nothing.
+    """
+    outputs = {name: [encode(record) for record in records] for name, encode in encoders.items()}
+    (first_name, first), *others = outputs.items()
+    for name, values in others:
+        for index, (ours, theirs) in enumerate(zip(first, values)):
+            if ours != theirs:
+                raise RuntimeError(f"{first_name} and {name} disagree on record {index} "
+                                   f"({records[index].get('message_id')}): {ours.hex()} != {theirs.hex()}")
+    return first
+
+
+def _codec_pair(scale: float, settings: Settings) -> None:
+    """Our encoder against fastavro's on the same trades, pinned to one core; best of the rounds.
+
+    Timed in the encoding thread's CPU seconds: for this single-threaded pure-Python loop that is
+    its wall time on a dedicated core, and unlike wall time it does not move with whatever else
+    shares the machine (wall-time ratios on a busy 2-core machine ranged 1.9 to 2.5 between runs).
+    """
+    records = codec_records(scale, settings.producer_binance_quotes)
+    encoders = codec_encoders(CODEC_SCHEMA_ID)
+    encoded_by_both(encoders, records)  # also the warm-up (our encoder's caches, fastavro's first calls)
+    best = {name: float("inf") for name in encoders}
+    with _one_core():
+        for _ in range(CODEC_ROUNDS):
+            for name, encode in encoders.items():  # interleaved: a busy moment hits both alike
+                start = time.thread_time()
+                for record in records:
+                    encode(record)
+                best[name] = min(best[name], time.thread_time() - start)
+    codec, fastavro = len(records) / best["codec"], len(records) / best["fastavro"]
+    report("producer_codec_records_per_s", codec, "records/s")
+    report("producer_fastavro_records_per_s", fastavro, "records/s")
+    report("producer_codec_vs_fastavro", codec / fastavro, "ratio")
+
+
 def run(scale: float) -> None:
+    _codec_pair(scale, load_settings({}))
     with tempfile.TemporaryDirectory(prefix="lakehouse-bench-producer-") as tmp:
         home = Path(tmp)
         settings = load_settings({"LAKEHOUSE_HOME": str(home / "home"), "LAKEHOUSE_KAFKA_PORT": str(_free_port()),

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from lakehouse import names, runreport
 from lakehouse.errors import ConcurrentWriterError, concurrent_checkpoint_write, java_causes
-from lakehouse.gold.writer import BatchStats, GoldBatchWriter
+from lakehouse.gold.writer import GoldBatchStats, GoldBatchWriter
 from lakehouse.metrics import StatsD
 from lakehouse.settings import Settings
 from lakehouse.streaming import TargetProgress, await_target, ensure_initial_offset, upstream_target
@@ -70,7 +70,7 @@ def silver_stream(spark: SparkSession, settings: Settings, exchange: str) -> Dat
 
 
 def run_source(spark: SparkSession, settings: Settings, exchange: str,
-               statsd: StatsD | None = None) -> list[BatchStats]:
+               statsd: StatsD | None = None) -> list[GoldBatchStats]:
     """Process everything Silver of ``exchange`` held when the run started, in bounded batches."""
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
@@ -124,7 +124,7 @@ def _source_failure(exchange: str, err: Exception, raised: Exception | None) -> 
     return GoldRunError(f"{exchange}: {type(cause).__name__}: {str(cause).splitlines()[0]}")
 
 
-def run(spark: SparkSession, settings: Settings) -> list[BatchStats]:
+def run(spark: SparkSession, settings: Settings) -> list[GoldBatchStats]:
     """One Gold run over every configured exchange; raises :class:`GoldRunError` if any stream failed.
 
     A failing source (for example a Silver snapshot the stream cannot read) does not starve the
@@ -133,7 +133,7 @@ def run(spark: SparkSession, settings: Settings) -> list[BatchStats]:
     """
     started = time.monotonic()
     statsd = StatsD.from_settings(settings)
-    stats: list[BatchStats] = []
+    stats: list[GoldBatchStats] = []
     failures: dict[str, Exception] = {}
     try:
         for exchange in settings.exchanges:

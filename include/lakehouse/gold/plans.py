@@ -3,25 +3,19 @@
 Iceberg's Spark scan reports per-query metrics (data files kept and skipped by partition and
 column-stat pruning, manifests read) as SQL metrics of the ``BatchScanExec`` node. Reading them
 after a MERGE or a query shows how much of a table it really touched, which is how Gold proves
-that its dedupe cost does not grow with the table.
+that its dedupe cost does not grow with the table. The plan is read through Spark internals
+(:mod:`lakehouse.adapters.spark`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lakehouse.adapters.spark import batch_scan_metrics
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-
-# Wrapper nodes and the accessor of the plan they wrap (AQE, query stages, command results).
-_WRAPPERS = {
-    "AdaptiveSparkPlanExec": "executedPlan",
-    "ShuffleQueryStageExec": "plan",
-    "BroadcastQueryStageExec": "plan",
-    "TableCacheQueryStageExec": "plan",
-    "CommandResultExec": "commandPhysicalPlan",
-}
 
 
 @dataclass(frozen=True)
@@ -50,37 +44,13 @@ class ScanMetrics:
         return self.metrics.get("skippedDataManifests", 0)
 
 
-def _seq(scala_seq: Any) -> list[Any]:
-    return [scala_seq.apply(i) for i in range(scala_seq.size())]
-
-
-def _walk(node: Any, out: list[ScanMetrics]) -> None:
-    kind = node.getClass().getSimpleName()
-    if kind in _WRAPPERS:
-        _walk(getattr(node, _WRAPPERS[kind])(), out)
-        return
-    if kind == "BatchScanExec":
-        metrics = node.metrics()
-        keys = metrics.keySet().iterator()
-        values: dict[str, int] = {}
-        while keys.hasNext():
-            key = keys.next()
-            values[str(key)] = int(metrics.apply(key).value())
-        out.append(ScanMetrics(table=str(node.table().name()), metrics=values))
-    for sub in _seq(node.subqueries()):
-        _walk(sub, out)
-    for child in _seq(node.children()):
-        _walk(child, out)
-
-
 def scan_metrics(executed: DataFrame, table: str | None = None) -> list[ScanMetrics]:
     """Metrics of every Iceberg scan (of ``table`` when given) in an already executed query.
 
     ``executed`` is the DataFrame returned by ``spark.sql(<command>)`` or one an action already
     ran on; the metrics are zero for a plan that has not run.
     """
-    out: list[ScanMetrics] = []
-    _walk(executed._jdf.queryExecution().executedPlan(), out)
+    out = [ScanMetrics(table=name, metrics=values) for name, values in batch_scan_metrics(executed)]
     if table is not None:
         out = [m for m in out if m.table == table]
     return out

@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from lakehouse import faults, names
+from lakehouse.adapters.spark import load_iceberg_table
 from lakehouse.errors import ConcurrentWriterError, iceberg_conflict, iceberg_stale_scan
 from lakehouse.gold import plans
 from lakehouse.gold.transforms import (
@@ -35,6 +35,7 @@ from lakehouse.gold.transforms import (
     to_gold,
 )
 from lakehouse.settings import Settings
+from lakehouse.spark import temp_view
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -68,7 +69,7 @@ class GoldCommitConflict(ConcurrentWriterError):
 
 
 @dataclass(frozen=True)
-class BatchStats:
+class GoldBatchStats:
     """What one micro-batch did; logged as one structured line and sent to StatsD.
 
     ``rows_unique``: rows left after in-batch dedupe; ``rows_written``: rows the MERGE inserted
@@ -110,8 +111,8 @@ class BatchStats:
 
 
 def _iceberg_table(spark: SparkSession, table: str) -> Any:
-    """The Iceberg ``Table`` behind a catalog-qualified name (Iceberg's Java API, no Spark job)."""
-    jtable = spark._jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, table)
+    """The Iceberg ``Table`` behind a catalog-qualified name, refreshed (Iceberg's Java API, no Spark job)."""
+    jtable = load_iceberg_table(spark, table)
     jtable.refresh()
     return jtable
 
@@ -137,12 +138,6 @@ def records_added_since(spark: SparkSession, table: str, since: int | None) -> i
         parent = snapshot.parentId()
         snapshot = None if parent is None else jtable.snapshot(parent)
     return total
-
-
-def _temp_view(df: DataFrame, prefix: str) -> str:
-    name = f"{prefix}_{uuid.uuid4().hex}"
-    df.createOrReplaceTempView(name)
-    return name
 
 
 # Never true, but makes the MERGE a row-level operation (see merge_trades).
@@ -178,8 +173,7 @@ def merge_trades(spark: SparkSession, settings: Settings, unique: DataFrame, sco
 
     gold = names.qualified(settings, names.GOLD_TABLE)
     before = current_snapshot_id(spark, gold)
-    view = _temp_view(unique, "gold_batch")
-    try:
+    with temp_view(unique, "gold_batch") as view:
         for attempt in range(1, PLAN_ATTEMPTS + 1):
             try:
                 result = spark.sql(f"MERGE INTO {gold} t USING {view} s "
@@ -203,8 +197,6 @@ def merge_trades(spark: SparkSession, settings: Settings, unique: DataFrame, sco
                 log.warning("Gold MERGE of %s planned on a stale snapshot (attempt %s of %s), planning again",
                             batch, attempt, PLAN_ATTEMPTS)
         scans = plans.scan_metrics(result, gold)
-    finally:
-        spark.catalog.dropTempView(view)
     return records_added_since(spark, gold, before), scans
 
 
@@ -255,21 +247,18 @@ def _upsert_bars(spark: SparkSession, settings: Settings, unique: DataFrame, sco
     bars = ohlcv_1m(trades).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         count = bars.count()
-        view = _temp_view(bars, "gold_bars")
-        try:
+        with temp_view(bars, "gold_bars") as view:
             spark.sql(f"MERGE INTO {ohlcv} t USING {view} s "
                       "ON t.exchange = s.exchange AND t.instrument = s.instrument AND t.minute = s.minute "
                       f"AND {scope.bars_predicate('t')} "
                       "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
-        finally:
-            spark.catalog.dropTempView(view)
     finally:
         bars.unpersist()
     return count
 
 
 def write_batch(batch: DataFrame, batch_id: int, settings: Settings, source: str,
-                statsd: StatsD | None = None) -> BatchStats:
+                statsd: StatsD | None = None) -> GoldBatchStats:
     """Process one micro-batch of Silver rows of ``source`` into Gold and the minute bars."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -293,8 +282,8 @@ def write_batch(batch: DataFrame, batch_id: int, settings: Settings, source: str
             raise GoldInputError(f"{no_key} Silver rows of {source} (batch {batch_id}) lack message_id, exchange "
                                  "or timestamp; Silver must send them to the dead-letter table")
         if not groups:
-            stats = BatchStats(source, batch_id, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0,
-                               round(time.monotonic() - started, 3))
+            stats = GoldBatchStats(source, batch_id, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0, 0, 0.0, 0.0,
+                                   round(time.monotonic() - started, 3))
             _report(stats, statsd)
             return stats
         scope = BatchScope(tuple(Slice(g.exchange, g.exchange_date, g.exchange_hour, int(g.lo), int(g.hi))
@@ -320,7 +309,7 @@ def write_batch(batch: DataFrame, batch_id: int, settings: Settings, source: str
         projected.unpersist()
     rows_in = sum(g.rows for g in groups)
     now_us = time.time() * MICROS_PER_SECOND
-    stats = BatchStats(
+    stats = GoldBatchStats(
         source=source, batch_id=batch_id, rows_in=rows_in, rows_unique=rows_in - copies, rows_written=written,
         late_rows=sum(g.late for g in groups),
         max_event_lag_s=round((now_us - scope.min_timestamp) / MICROS_PER_SECOND, 3),
@@ -334,7 +323,7 @@ def write_batch(batch: DataFrame, batch_id: int, settings: Settings, source: str
     return stats
 
 
-def _report(stats: BatchStats, statsd: StatsD | None) -> None:
+def _report(stats: GoldBatchStats, statsd: StatsD | None) -> None:
     log.info("gold batch %s of %s: %s in, %s written, %s duplicates removed", stats.batch_id, stats.source,
              stats.rows_in, stats.rows_written, stats.duplicates_removed, extra={"gold_batch": stats.as_log()})
     if statsd is None:
@@ -358,7 +347,7 @@ class GoldBatchWriter:
         self.settings = settings
         self.source = source
         self.statsd = statsd
-        self.stats: list[BatchStats] = []
+        self.stats: list[GoldBatchStats] = []
         self.failure: Exception | None = None
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -395,25 +384,19 @@ def remove_trades(spark: SparkSession, settings: Settings, silver_rows: DataFram
         held = (spark.table(gold).where(scope.gold_predicate())
                 .join(projected.select("message_id"), "message_id", "left_semi").count())
         if held:
-            view = _temp_view(projected.select("message_id"), "gold_removed")
-            try:
+            with temp_view(projected.select("message_id"), "gold_removed") as view:
                 spark.sql(f"MERGE INTO {gold} t USING {view} s "
                           f"ON t.message_id = s.message_id AND {scope.gold_predicate('t')} WHEN MATCHED THEN DELETE")
-            finally:
-                spark.catalog.dropTempView(view)
         merge_bars(spark, settings, projected, scope, label)
         # Minutes with no trade left: their bars go (the upsert above only writes minutes that have trades).
         keys = projected.select("exchange", "instrument", minute_of(F.col("timestamp")).alias("minute")).distinct()
         left = (spark.table(gold).where(scope.gold_predicate(whole_minutes=True))
                 .select("exchange", "instrument", minute_of(F.col("timestamp")).alias("minute")).distinct())
         empty = keys.join(left, ["exchange", "instrument", "minute"], "left_anti")
-        view = _temp_view(empty, "gold_empty_minutes")
-        try:
+        with temp_view(empty, "gold_empty_minutes") as view:
             spark.sql(f"MERGE INTO {ohlcv} t USING {view} s "
                       "ON t.exchange = s.exchange AND t.instrument = s.instrument AND t.minute = s.minute "
                       f"AND {scope.bars_predicate('t')} WHEN MATCHED THEN DELETE")
-        finally:
-            spark.catalog.dropTempView(view)
     finally:
         projected.unpersist()
     log.info("removed %s trades from Gold (%s)", held, label or "removed from Silver")

@@ -11,7 +11,17 @@
 
 Both build an :class:`~lakehouse.orchestration.alerts.Alert` and hand it to
 :func:`~lakehouse.orchestration.alerts.deliver`, which writes the log line, the StatsD counter and,
-when the Airflow connection ``lakehouse_alerts`` exists, the webhook POST.
+when the Airflow connection ``lakehouse_alerts`` exists, POSTs the webhook with the HTTP provider's
+``HttpHook`` (chosen over the Apprise/Slack notifiers: our JSON payload is read by scripts and
+Alertmanager-style receivers, one ``http`` connection serves them all, and the hook retries).
+
+The connection is a standard HTTP-provider connection: the whole URL in ``host``
+(``{"conn_type": "http", "host": "https://hooks.example.com/services/..."}``), or host, port and
+``schema`` http/https; login/password are basic auth; the keys of ``extra`` are headers (besides
+the hook's own options such as ``verify`` or ``proxies``). Changed from the former hand-built
+client, and refused with a message saying so: the ``extra`` keys ``headers`` and ``endpoint`` (the
+hook would send them as headers) and URIs such as ``https://host/path`` (the hook reads a URI's
+path as the URL scheme and ignores conn_type https); give such a URL as ``host`` instead.
 """
 
 from __future__ import annotations
@@ -21,65 +31,22 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import BaseNotifier, Connection
-from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSecretsBackendAccessDenied
+from airflow.sdk import BaseNotifier
 
 from lakehouse import names
-from lakehouse.orchestration.alerts import (DEADLINE_MISSED, EVENTS, TASK_FAILED, Alert, AlertDeliveryError, Webhook,
-                                            deliver)
+from lakehouse.orchestration.alerts import DEADLINE_MISSED, EVENTS, TASK_FAILED, Alert, Webhook, deliver
 from lakehouse.settings import Settings, load_settings
 
 _MAX_ERROR_CHARS = 2000
 
 
-def webhook_from_connection(conn: Any, timeout_s: float) -> Webhook:
-    """Turn an Airflow connection into a webhook target.
+def resolve_webhook(settings: Settings, conn_id: str = names.ALERTS_CONN_ID) -> Webhook:
+    """The webhook of connection ``conn_id`` with the configured timeout.
 
-    Accepted shapes: a URI such as ``https://hooks.example.com/services/abc`` (``conn_type`` http or
-    https, the path lands in ``schema``), or JSON with the whole URL in ``host``. ``extra`` may
-    carry ``endpoint`` (path appended) and ``headers`` (dict); login/password become basic auth.
+    The connection itself is read when an alert is sent (:func:`~lakehouse.orchestration.alerts.open_webhook`):
+    a missing one then means no webhook, one this process may not read fails the alert loudly.
     """
-    extra = conn.extra_dejson or {}
-    host = (conn.host or "").strip()
-    if not host:
-        raise ValueError(f"connection {conn.conn_id!r} has no host: set it to the webhook URL")
-    if "://" in host:
-        url = host
-    else:
-        scheme = conn.conn_type if conn.conn_type in ("http", "https") else "http"
-        url = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-        if conn.schema:
-            url += "/" + conn.schema.lstrip("/")
-    if extra.get("endpoint"):
-        url = url.rstrip("/") + "/" + str(extra["endpoint"]).lstrip("/")
-    headers = {str(k): str(v) for k, v in (extra.get("headers") or {}).items()}
-    auth = (conn.login, conn.password or "") if conn.login else None
-    return Webhook(url=url, headers=headers, auth=auth, timeout_s=timeout_s)
-
-
-def resolve_webhook(settings: Settings, conn_id: str = names.ALERTS_CONN_ID) -> Webhook | None:
-    """The webhook of connection ``lakehouse_alerts``, or None when that connection does not exist."""
-    try:
-        conn = Connection.get(conn_id)
-    except AirflowNotFoundException:
-        return None
-    return webhook_from_connection(conn, settings.alert_webhook_timeout_s)
-
-
-async def aresolve_webhook(settings: Settings, conn_id: str = names.ALERTS_CONN_ID) -> Webhook | None:
-    """:func:`resolve_webhook` for the triggerer's event loop."""
-    try:
-        conn = await Connection.async_get(conn_id)
-    except AirflowNotFoundException:
-        return None
-    return webhook_from_connection(conn, settings.alert_webhook_timeout_s)
-
-
-def _denied(alert: Alert, err: AirflowSecretsBackendAccessDenied) -> AlertDeliveryError:
-    return AlertDeliveryError(
-        f"alert {alert.event} for {alert.dag_id} sent to the log and StatsD, but connection "
-        f"{names.ALERTS_CONN_ID!r} cannot be read from this process ({err}); define it as "
-        f"AIRFLOW_CONN_{names.ALERTS_CONN_ID.upper()} or in a secrets backend")
+    return Webhook(conn_id=conn_id, timeout_s=settings.alert_webhook_timeout_s)
 
 
 def _field(obj: Any, *keys: str) -> Any:
@@ -151,24 +118,17 @@ class LakehouseNotifier(BaseNotifier):
     def notify(self, context: Any) -> None:
         """Sync path: task failure callbacks (task process)."""
         settings = load_settings()
-        alert = self._alert(context)
-        try:
-            webhook = resolve_webhook(settings)
-        except AirflowSecretsBackendAccessDenied as err:
-            deliver(settings, alert, None)
-            raise _denied(alert, err) from err
-        deliver(settings, alert, webhook)
+        deliver(settings, self._alert(context), resolve_webhook(settings))
 
     async def async_notify(self, context: Any) -> None:
-        """Async path: deadline callbacks (triggerer). Blocking I/O runs in a worker thread."""
-        settings = load_settings()
-        alert = self._alert(context)
-        try:
-            webhook = await aresolve_webhook(settings)
-        except AirflowSecretsBackendAccessDenied as err:
-            await asyncio.to_thread(deliver, settings, alert, None)
-            raise _denied(alert, err) from err
-        await asyncio.to_thread(deliver, settings, alert, webhook)
+        """Async path: deadline callbacks (triggerer), run as :meth:`notify` in a worker thread.
+
+        ``HttpHook`` is blocking and reads the connection with the Task SDK's sync call, which the
+        triggerer serves from a worker thread (its comms send the request to the event loop and
+        wait). ``HttpAsyncHook`` would need a second implementation: its own retries cover only
+        5xx answers, with a fixed wait, not connection errors or timeouts.
+        """
+        await asyncio.to_thread(self.notify, context)
 
 
 def failure_notifier(layer: str | None) -> LakehouseNotifier:

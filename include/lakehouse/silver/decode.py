@@ -21,11 +21,8 @@ paused while a batch's records are alive.
 
 from __future__ import annotations
 
-import gc
 import io
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from operator import itemgetter
@@ -39,6 +36,7 @@ from fastavro.schema import SchemaParseException
 from pyiceberg.types import DecimalType, IcebergType, ListType, LongType, MapType, StringType
 
 from lakehouse import avro, tables
+from lakehouse.gc_pause import gc_paused
 from lakehouse.registry import SchemaRegistry, UnknownSchemaError, canonical, registry_from_settings
 from lakehouse.settings import Settings
 
@@ -306,28 +304,11 @@ def _decimal_array(unscaled: np.ndarray, valid: np.ndarray, dtype: DecimalType) 
                                  null_count=nulls)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a batch's records are alive.
-
-    Decoding allocates ~20 container objects per record and keeps them until the columns are
-    built; each allocation burst triggers generation scans that cost as much as the decoding
-    itself. Decoded records hold no reference cycles, so reference counting frees them anyway.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def decode_batch(batch: pa.RecordBatch, decoder: Decoder, value_column: str = "value",
                  keep_value: bool = True) -> pa.RecordBatch:
     """Decode ``batch[value_column]``: the decoded columns followed by the input columns, unchanged
     (without ``value_column`` itself unless ``keep_value``: returning raw bytes costs a copy)."""
-    with _gc_paused():
+    with gc_paused():  # see lakehouse.gc_pause
         return _decode_batch(batch, decoder, value_column, keep_value)
 
 
@@ -388,12 +369,14 @@ def _decode_batch(batch: pa.RecordBatch, decoder: Decoder, value_column: str, ke
     return pa.RecordBatch.from_arrays(arrays + [batch.column(i) for i in kept], schema=pa.schema(fields))
 
 
-_DECODERS: dict[tuple[str, str, float], Decoder] = {}
+_DECODERS: dict[tuple[object, ...], Decoder] = {}
 
 
 def decoder_for(settings: Settings) -> Decoder:
     """This process's decoder for the settings' registry (Python workers are reused across tasks)."""
-    key = (settings.schema_registry_url, str(settings.registry_dir), settings.schema_registry_timeout_s)
+    key = (settings.schema_registry_url, str(settings.registry_dir), settings.schema_registry_timeout_s,
+           settings.schema_registry_basic_auth_user_info, settings.schema_registry_ssl_ca_location,
+           settings.schema_registry_ssl_certificate_location, settings.schema_registry_ssl_key_location)
     decoder = _DECODERS.get(key)
     if decoder is None:
         decoder = _DECODERS[key] = Decoder(registry_from_settings(settings))

@@ -36,9 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,6 +54,7 @@ from lakehouse.silver.transform import (
     silver_rows,
     transform,
 )
+from lakehouse.spark import temp_view
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -68,6 +66,8 @@ TIME_COLUMNS = {"ingestion": "ingestion_timestamp", "kafka": "timestamp"}
 SILVER_KEY = (*LINEAGE, "message_id")
 # A dead-letter row: its lineage with the record's raw bytes (message_id is NULL if it did not decode).
 DLQ_KEY = (*LINEAGE, "raw_bytes")
+# Name prefix of the temporary views a replay's MERGEs read their source rows from.
+VIEW_PREFIX = "silver_replay"
 
 
 class ReplayError(ValueError):
@@ -87,17 +87,6 @@ class ReplaySummary:
     def as_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "considered": self.considered, "valid": self.valid,
                 "dead_lettered": self.dead_lettered, "exchanges": self.exchanges}
-
-
-@contextmanager
-def _view(df: DataFrame) -> Iterator[str]:
-    """``df`` as a uniquely named temporary view for SQL MERGE, dropped afterwards."""
-    name = f"silver_replay_{uuid.uuid4().hex}"
-    df.createOrReplaceTempView(name)
-    try:
-        yield name
-    finally:
-        df.sparkSession.catalog.dropTempView(name)
 
 
 def _on_lineage(target: str = "t", source: str = "s", columns: tuple[str, ...] = LINEAGE) -> str:
@@ -154,7 +143,8 @@ def _processed(spark: SparkSession, settings: Settings, exchange: str, validated
     silver = pinned(spark, settings, names.silver_table(exchange)).select(*SILVER_KEY)
     dlq = (pinned(spark, settings, names.DLQ_TABLE)
            .where(F.col("bronze_source") == names.bronze_table(exchange)).select(*DLQ_KEY))
-    with _view(validated) as rows, _view(silver) as in_silver, _view(dlq) as in_dlq:
+    with temp_view(validated, VIEW_PREFIX) as rows, temp_view(silver, VIEW_PREFIX) as in_silver, \
+            temp_view(dlq, VIEW_PREFIX) as in_dlq:
         return spark.sql(f"""
             SELECT * FROM {rows} s
             WHERE EXISTS (SELECT 1 FROM {in_silver} t WHERE {_on_lineage(columns=SILVER_KEY)})
@@ -240,7 +230,7 @@ def _append_silver(spark: SparkSession, settings: Settings, exchange: str, passi
     (same bytes, same trade; Gold inserts only message_ids it lacks, so an update would never reach it).
     """
     cols = [c.name for c in tables.V2_COLUMNS + tables.SILVER_EXTRA]
-    with _view(passing) as view:
+    with temp_view(passing, VIEW_PREFIX) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
             ON {_on_lineage(columns=SILVER_KEY)}
@@ -256,7 +246,7 @@ def _delete_silver(spark: SparkSession, settings: Settings, exchange: str, faili
     which Gold's stream skips: the rows it keeps were streamed when first appended. Gold learns of
     the removal from :func:`_remove_from_gold`.
     """
-    with _view(failing.select(*SILVER_KEY)) as view:
+    with temp_view(failing.select(*SILVER_KEY), VIEW_PREFIX) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
             ON {_on_lineage(columns=SILVER_KEY)}
@@ -312,7 +302,7 @@ def _merge_dlq(spark: SparkSession, settings: Settings, exchange: str, validated
     insert_cols = ", ".join(f"`{c}`" for c in cols)
     insert_vals = ", ".join(f"s.`{c}`" for c in cols)
     at = f"TIMESTAMP '{now.strftime('%Y-%m-%d %H:%M:%S.%f')}'"  # session time zone is UTC
-    with _view(source) as view:
+    with temp_view(source, VIEW_PREFIX) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.DLQ_TABLE)} t USING {view} s
             ON t.bronze_source = s.bronze_source AND {_on_lineage()} AND {_same_bytes()}
@@ -370,7 +360,7 @@ def _insert_passing(spark: SparkSession, settings: Settings, exchange: str, vali
     already (a rerun after a replay died before marking); another record at the same lineage (a
     topic reset) does not stop the insert."""
     cols = [c.name for c in tables.V2_COLUMNS + tables.SILVER_EXTRA]
-    with _view(silver_rows(validated, now).dropDuplicates(list(SILVER_KEY))) as view:
+    with temp_view(silver_rows(validated, now).dropDuplicates(list(SILVER_KEY)), VIEW_PREFIX) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.silver_table(exchange))} t USING {view} s
             ON {_on_lineage(columns=SILVER_KEY)}
@@ -398,7 +388,7 @@ def _mark_replayed(spark: SparkSession, settings: Settings, exchange: str, valid
                     extra={"exchange": exchange, "rows": missing})
     written = in_silver.select(*LINEAGE, F.col(VALUE).alias("raw_bytes")).dropDuplicates()
     at = f"TIMESTAMP '{now.strftime('%Y-%m-%d %H:%M:%S.%f')}'"
-    with _view(written) as view:
+    with temp_view(written, VIEW_PREFIX) as view:
         spark.sql(f"""
             MERGE INTO {names.qualified(settings, names.DLQ_TABLE)} t USING {view} s
             ON t.bronze_source = '{names.bronze_table(exchange)}' AND {_on_lineage()}

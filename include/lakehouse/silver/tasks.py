@@ -3,27 +3,20 @@
 Each task streams its Bronze rows (Arrow batches from ``mapInArrow``) through
 :func:`~lakehouse.silver.validate.validate_batch`, turns the valid rows into Silver rows and the
 failing ones into dead-letter rows (raw bytes kept), and writes both as Parquet data files of
-their tables with pyiceberg's writer (the tables' partitioning, field ids, column metrics and
-compression). It returns only the files' metadata and its counts; the driver commits each
-table's files in one tagged commit (:mod:`lakehouse.silver.job`).
+their tables (:class:`~lakehouse.iceberg_files.DataFileWriter`: pyiceberg's writer, with the
+tables' partitioning, field ids, column metrics and compression). It returns only the files'
+metadata and its counts; the driver commits each table's files in one tagged commit
+(:mod:`lakehouse.silver.job`).
 
 Why here and not through Spark's Iceberg writer: measured on this machine, sending the decoded
 rows back to the JVM (Arrow -> rows) and writing them there cost more CPU than decoding them,
 while pyarrow's Parquet writer costs a fraction of it. Spark still plans the micro-batch, reads
 Bronze, spreads the work over the executors and owns the checkpoint.
-
-Every attempt writes new file names, so a retried or killed task never overwrites a file that
-a commit references; files of attempts that never commit are orphans for Iceberg's orphan-file
-maintenance.
 """
 
 from __future__ import annotations
 
-import gc
-import itertools
 import json
-import pickle
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,16 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse import names
+from lakehouse.gc_pause import gc_paused
+from lakehouse.iceberg_files import DataFileWriter, decode_files, encode_files
 from lakehouse.settings import Settings
 from lakehouse.silver.decode import decoder_for
 from lakehouse.silver.rules import Rule, for_exchange
 from lakehouse.silver.validate import ERROR_REASON, ERROR_TYPE, validate_batch
 
 if TYPE_CHECKING:
-    from pyiceberg.manifest import DataFile
-    from pyiceberg.partitioning import PartitionKey
     from pyiceberg.table import Table
-    from pyiceberg.table.metadata import TableMetadata
 
 VALUE = "value"
 US = pa.timestamp("us", "UTC")
@@ -72,6 +64,9 @@ class TableTarget:
         slim = table.metadata.model_copy(update={"snapshots": [], "snapshot_log": [], "metadata_log": [],
                                                  "refs": {}, "current_snapshot_id": None})
         return cls(slim.model_dump_json(), dict(table.io.properties))
+
+    def writer(self, rows_per_file: int, task_id: int) -> DataFileWriter:
+        return DataFileWriter(self.metadata_json, self.io_properties, rows_per_file, task_id)
 
 
 @dataclass(frozen=True)
@@ -107,69 +102,6 @@ class BatchContext:
         """``rules`` plus the rule that each record belongs to :attr:`exchange`: a Bronze table holds
         one exchange's topic, so a record naming another exchange is dead-lettered, not stored."""
         return for_exchange(self.rules, self.exchange)
-
-
-class _Files:
-    """Buffers one table's rows and writes them as data files once ``rows_per_file`` are buffered."""
-
-    def __init__(self, target: TableTarget, rows_per_file: int) -> None:
-        from pyiceberg.io import load_file_io
-        from pyiceberg.io.pyarrow import schema_to_pyarrow
-        from pyiceberg.table.metadata import TableMetadataUtil
-
-        self._metadata = TableMetadataUtil.parse_raw(target.metadata_json)
-        self._io = load_file_io(target.io_properties, self._metadata.location)
-        self.schema = schema_to_pyarrow(self._metadata.schema())
-        self._rows_per_file = rows_per_file
-        self._buffered: list[pa.RecordBatch] = []
-        self._rows = 0
-        self._counter = itertools.count()
-        self.files: list[DataFile] = []  # written so far
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows:
-            self._buffered.append(batch)
-            self._rows += batch.num_rows
-            if self._rows >= self._rows_per_file:
-                self.flush()
-
-    def flush(self) -> None:
-        """Write what is buffered: one data file per partition."""
-        if not self._buffered:
-            return
-        from pyiceberg.io.pyarrow import write_file
-        from pyiceberg.table import WriteTask
-
-        data = pa.Table.from_batches(self._buffered, schema=self.schema)
-        self._buffered, self._rows = [], 0
-        write_uuid = uuid.uuid4()
-        tasks = [WriteTask(write_uuid=write_uuid, task_id=next(self._counter), schema=self._metadata.schema(),
-                           record_batches=part.to_batches(), partition_key=key)
-                 for key, part in partitions(data, self._metadata)]
-        self.files += write_file(self._io, self._metadata, iter(tasks))
-
-
-def partitions(data: pa.Table, metadata: TableMetadata) -> list[tuple[PartitionKey | None, pa.Table]]:
-    """``data`` split by the table's partition spec: (partition key, rows) per partition.
-
-    A task's rows nearly always share one partition (one trade day; one day, source and
-    category of dead-letter rows), which is checked and then written without copying.
-    """
-    from pyiceberg.io.pyarrow import _determine_partitions
-    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-
-    spec, schema = metadata.spec(), metadata.schema()
-    if spec.is_unpartitioned():
-        return [(None, data)]
-    values = []
-    for field in spec.fields:
-        source = schema.find_field(field.source_id)
-        transformed = field.transform.pyarrow_transform(source.field_type)(data.column(source.name))
-        distinct = pc.unique(transformed)
-        if len(distinct) != 1:  # several partitions: pyiceberg's own split (Table.append's path)
-            return [(p.partition_key, p.arrow_table_partition) for p in _determine_partitions(spec, schema, data)]
-        values.append(PartitionFieldValue(field, distinct[0].as_py()))
-    return [(PartitionKey(field_values=values, partition_spec=spec, schema=schema), data)]
 
 
 def _timestamp(us: int, n: int) -> pa.Array:
@@ -217,8 +149,7 @@ def dlq_batch(validated: pa.RecordBatch, schema: pa.Schema, bronze_source: str, 
 def run_task(batches: Iterator[pa.RecordBatch], ctx: BatchContext) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: validate this task's Bronze rows, write the data files, report them.
 
-    The cyclic garbage collector is paused while the task runs (decoding allocates millions of
-    short-lived containers, none in reference cycles; see ``decode._gc_paused``).
+    The cyclic garbage collector is paused while the task runs (see :mod:`lakehouse.gc_pause`).
     """
     from pyspark import TaskContext
 
@@ -226,14 +157,12 @@ def run_task(batches: Iterator[pa.RecordBatch], ctx: BatchContext) -> Iterator[p
     task_id = context.partitionId() if context is not None else 0
     decoder = decoder_for(ctx.settings)
     decoder.forget_failures()
-    silver = _Files(ctx.silver, ctx.rows_per_file) if ctx.silver is not None else None
-    dlq = _Files(ctx.dlq, ctx.rows_per_file) if ctx.dlq is not None else None
+    silver = ctx.silver.writer(ctx.rows_per_file, task_id) if ctx.silver is not None else None
+    dlq = ctx.dlq.writer(ctx.rows_per_file, task_id) if ctx.dlq is not None else None
     checks = ctx.row_rules
     valid = 0
     dead: Counter[str] = Counter()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         for batch in batches:
             validated = validate_batch(batch, decoder, checks, VALUE, keep_value=dlq is not None)
             failing = validated.column(ERROR_TYPE)
@@ -252,21 +181,14 @@ def run_task(batches: Iterator[pa.RecordBatch], ctx: BatchContext) -> Iterator[p
         for files in (silver, dlq):
             if files is not None:
                 files.flush()
-    finally:
-        if was_enabled:
-            gc.enable()
     schema = pa.schema([pa.field(name, kind) for name, kind in RESULT_FIELDS])
     yield pa.RecordBatch.from_arrays([
         pa.array([task_id], pa.int32()), pa.array([valid], pa.int64()), pa.array([json.dumps(dead)], pa.string()),
-        pa.array([pickle.dumps(silver.files if silver else [])], pa.binary()),
-        pa.array([pickle.dumps(dlq.files if dlq else [])], pa.binary()),
+        pa.array([encode_files(silver.files if silver else [])], pa.binary()),
+        pa.array([encode_files(dlq.files if dlq else [])], pa.binary()),
     ], schema=schema)
 
 
-def decode_files(blob: bytes) -> list[DataFile]:
-    """The DataFile list a task returned (pickled by pyiceberg's own classes, read on the driver)."""
-    return list(pickle.loads(blob))
-
-
+# decode_files: re-exported for the driver (lakehouse.silver.job), which reads the tasks' results.
 __all__ = ["RECHECK_PASSED", "RECHECK_REASON", "RESULT_DDL", "RESULT_FIELDS", "BatchContext", "TableTarget",
-           "decode_files", "dlq_batch", "partitions", "run_task", "silver_batch"]
+           "decode_files", "dlq_batch", "run_task", "silver_batch"]

@@ -1,10 +1,14 @@
-"""Silver's transform on inline Bronze rows: each row becomes exactly one Silver or dead-letter row."""
+"""Silver's transform on inline Bronze rows: each row becomes exactly one Silver or dead-letter row.
+
+Integration tier: the tests run on the session's SparkSession and its embedded stack's registry.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
 
+import pytest
 from pyspark.sql import SparkSession
 
 from lakehouse import avro, names, tables
@@ -12,6 +16,8 @@ from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings
 from lakehouse.silver.transform import dlq_rows, from_bronze, silver_rows, transform
 from lakehouse.silver.synthetic import bronze_frame, trade
+
+pytestmark = pytest.mark.integration
 
 INGESTED = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 AT_US = int(INGESTED.timestamp() * 1_000_000) - 60_000_000

@@ -1,4 +1,7 @@
-"""Gold's pure transforms on tiny inline DataFrames: instrument, Gold rows, dedupe, bars, predicates."""
+"""Gold's pure transforms on tiny inline DataFrames: instrument, Gold rows, dedupe, bars, predicates.
+
+Integration tier: every test runs on the session's SparkSession (a JVM and the embedded stack).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from lakehouse.gold.transforms import (
     to_gold,
     with_instrument,
 )
+
+pytestmark = pytest.mark.integration
 
 BASE_US = int(dt.datetime(2026, 3, 1, 22, 59, 0, tzinfo=dt.timezone.utc).timestamp() * 1_000_000)
 
