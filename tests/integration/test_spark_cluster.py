@@ -228,6 +228,7 @@ def _contents(settings: Settings, table: str) -> list[dict[str, Any]]:
     return sorted(data.to_pylist(), key=lambda row: json.dumps(row, sort_keys=True, default=str))
 
 
+@pytest.mark.slow  # ~2 min with a whole master and worker: make test-slow and make test-spark-cluster
 def test_cluster_run_equals_local_run(isolated: Settings, databases: tuple[str, str], spark: Any,
                                       tmp_path: Path) -> None:
     local_db, cluster_db = databases
