@@ -21,10 +21,10 @@ from lakehouse.silver.failures import (
 
 # What Spark 3.5 puts in a Python worker's PythonException (simplified traceback, the default).
 WORKER_TRACEBACK = """Traceback (most recent call last):
-  File "/work/include/lakehouse/silver/tasks.py", line 231, in run_task
+  File "lakehouse/silver/tasks.py", line 231, in run_task
     validated = validate_batch(batch, decoder, checks, VALUE, keep_value=dlq is not None)
                 ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
-  File "/work/include/lakehouse/registry.py", line 290, in _call
+  File "lakehouse/registry.py", line 290, in _call
     raise RegistryUnavailableError(
 lakehouse.registry.RegistryUnavailableError: schema registry GET http://127.0.0.1:9/schemas/ids/1 unreachable: refused
 """
