@@ -9,7 +9,7 @@ SQLITE_JDBC ?= /usr/share/java/sqlite-jdbc.jar
 PYTEST_ARGS ?=
 
 .PHONY: setup check-java check-jdbc test test-slow test-unit test-faults bench run up down status clean help
-.PHONY: check-monitoring-tools
+.PHONY: check-monitoring-tools check-browser test-ui
 
 help:
 	@echo "make run    - start the embedded stack, producers and Airflow (foreground; Ctrl-C stops all)"
@@ -18,12 +18,13 @@ help:
 	@echo "make test-unit - only the unit tier: no broker, no Spark, no other service (under a minute)"
 	@echo "make test-deploy - docker-compose.yaml: Compose schema, compose-lint and security policies (no Docker needed)"
 	@echo "make test-spark-cluster - Bronze, Silver and Gold on a real Spark standalone master and worker (PostgreSQL catalog)"
+	@echo "make test-ui - the Lakehouse page in a browser (part of the slow run-all scenario; saves a screenshot)"
 	@echo "make test-faults - only the fault tier (kills, restarts, races, outages): the README's fault table"
 	@echo "make bench  - run the benchmarks (BENCH lines), including each layer's per-run cost breakdown"
 	@echo "make bench-sustained - the whole orchestrated pipeline at RATE=2000 trades/s for MINUTES=15"
 	@echo "make setup  - only install (virtualenv, Python packages, JDBC driver check, promtool/amtool)"
 
-setup: $(STAMP) check-java check-jdbc check-monitoring-tools $(JVM_ARCHIVE)
+setup: $(STAMP) check-java check-jdbc check-monitoring-tools check-browser $(JVM_ARCHIVE)
 
 # The Spark driver's class-data-sharing archive (see include/lakehouse/jvm_archive.py): every layer
 # run maps the classes it loads from it instead of reading them from jars. Rebuilt when the
@@ -84,6 +85,25 @@ check-monitoring-tools:
 	@command -v promtool >/dev/null && command -v amtool >/dev/null || \
 	  echo "warning: promtool/amtool missing (apt-get install $(MONITORING_PACKAGES)): tests/monitoring skips their checks"
 
+CHROMIUM ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+BROWSER_PACKAGES := chromium chromium-driver
+
+# Debian's chromium and its chromedriver drive the Lakehouse page's browser test (tests/e2e/test_make_run.py,
+# which skips its browser steps without them). Installed from Debian's packages when running as root,
+# never fatal; without recommends (no fonts or sound stacks a headless browser does not need).
+check-browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing the browser for the UI test ($(BROWSER_PACKAGES))"; \
+	    install="apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive $$install >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$install >/dev/null 2>&1; } || true; \
+	  fi; \
+	fi
+	@test -x $(CHROMIUM) && test -x $(CHROMEDRIVER) || \
+	  echo "warning: chromium/chromedriver missing (apt-get install $(BROWSER_PACKAGES)): the browser test skips"
+
 # Every tier except the slowest scenarios (marker "slow", ~20 min together), which CI runs next
 # (.ci/run): 'make test' stays a loop a developer waits for.
 test: setup
@@ -91,6 +111,12 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# The Lakehouse page in a browser, alone (part of 'make test-slow'): run-all's whole stack in a temp home
+# (~10 min), then sign in, open the page from the navigation, charts, Silver lag, no-login checks.
+# Screenshots land in $$LAKEHOUSE_TEST_ARTIFACTS (default test-artifacts/).
+test-ui: setup
+	$(PY) -m pytest "tests/e2e/test_make_run.py::test_lakehouse_page_in_a_browser" -s $(PYTEST_ARGS)
 
 # The unit tier starts no service (tests/unit/conftest.py fails a unit test that starts the broker,
 # the embedded stack or Spark): tests that need one live in tests/integration/.

@@ -88,7 +88,10 @@ METRICS: dict[str, MetricSpec] = {
             GAUGE, "exchange"),
     **_each(("monitor.commit_age_seconds", "monitor.event_age_seconds"), GAUGE, "layer", "exchange", "table"),
     "monitor.dlq_rate": MetricSpec(GAUGE, ("exchange", "error_type")),
-    "monitor.stalled_seconds": MetricSpec(GAUGE, ("layer", "exchange")),
+    **_each(("monitor.stalled_seconds", "monitor.layer_lag_records", "monitor.layer_lag_seconds"),
+            GAUGE, "layer", "exchange"),
+    **_each(("monitor.table_bytes", "monitor.table_data_files", "monitor.table_snapshots"),
+            GAUGE, "layer", "exchange", "table"),
     "monitor.producer_idle_seconds": MetricSpec(GAUGE, ("exchange", "topic")),
     "monitor.alert_firing": MetricSpec(GAUGE, ("alert", "severity")),
 }

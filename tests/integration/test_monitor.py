@@ -34,7 +34,9 @@ EX = "binance"
 LABELS = {F.KAFKA_LAG_RECORDS: {"exchange"}, KAFKA_LAG_SECONDS: {"exchange"},
           F.COMMIT_AGE_SECONDS: {"layer", "exchange", "table"}, F.EVENT_AGE_SECONDS: {"layer", "exchange", "table"},
           F.END_TO_END_SECONDS: {"exchange"}, DLQ_RATE: {"exchange", "error_type"},
-          STALLED_SECONDS: {"layer", "exchange"}, "producer_idle_seconds": {"exchange", "topic"}}
+          STALLED_SECONDS: {"layer", "exchange"}, "producer_idle_seconds": {"exchange", "topic"},
+          F.LAYER_LAG_RECORDS: {"layer", "exchange"}, F.LAYER_LAG_SECONDS: {"layer", "exchange"},
+          **{name: {"layer", "exchange", "table"} for name in (F.TABLE_BYTES, F.TABLE_DATA_FILES, F.TABLE_SNAPSHOTS)}}
 LATER = 100.0  # seconds the figures are taken after now: ages are then at least this
 
 
@@ -65,6 +67,9 @@ def test_figures_follow_kafka_and_each_layer(isolated: Settings) -> None:
     silver_stall = health.value(STALLED_SECONDS, layer="silver", exchange=EX)
     assert silver_stall is not None and silver_stall >= LATER  # Bronze has an append Silver has not read
     assert health.value(F.END_TO_END_SECONDS, exchange=EX) == silver_stall
+    assert health.value(F.LAYER_LAG_RECORDS, layer="silver", exchange=EX) == 30  # Bronze holds 30 Silver has not read
+    assert health.value(F.LAYER_LAG_SECONDS, layer="silver", exchange=EX) == silver_stall
+    assert health.value(F.TABLE_SNAPSHOTS, table=names.bronze_table(EX)) >= 1  # type: ignore[operator]
     bronze_table = names.bronze_table(EX)
     assert health.value(F.COMMIT_AGE_SECONDS, table=bronze_table) >= LATER  # type: ignore[operator]
     assert health.value(F.EVENT_AGE_SECONDS, table=bronze_table) >= LATER  # type: ignore[operator]
@@ -72,6 +77,8 @@ def test_figures_follow_kafka_and_each_layer(isolated: Settings) -> None:
     assert run_silver(spark, isolated, EX).valid == 30
     health = F.collect(isolated, now=time.time() + LATER)
     assert health.value(STALLED_SECONDS, layer="silver", exchange=EX) == 0
+    assert health.value(F.LAYER_LAG_RECORDS, layer="silver", exchange=EX) == 0
+    assert health.value(F.LAYER_LAG_RECORDS, layer="gold", exchange=EX) == 30
     assert health.value(STALLED_SECONDS, layer="gold", exchange=EX) >= LATER  # type: ignore[operator]
     event_age = health.value(F.EVENT_AGE_SECONDS, table=names.silver_table(EX))
     assert event_age is not None and event_age >= LATER + 20  # the trades are 20 s older than their production

@@ -81,6 +81,11 @@ CONTRACT: tuple[Metric, ...] = (
     _monitor("end_to_end_seconds", "exchange"),
     _monitor("dlq_rate", "exchange", "error_type"),
     _monitor("stalled_seconds", "layer", "exchange"),
+    _monitor("layer_lag_records", "layer", "exchange"),
+    _monitor("layer_lag_seconds", "layer", "exchange"),
+    _monitor("table_bytes", "layer", "exchange", "table"),
+    _monitor("table_data_files", "layer", "exchange", "table"),
+    _monitor("table_snapshots", "layer", "exchange", "table"),
     _monitor("producer_idle_seconds", "exchange", "topic"),
     _monitor("alert_firing", "alert", "severity"),
     # Bronze

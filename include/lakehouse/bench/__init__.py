@@ -7,7 +7,7 @@ here, never in timed unit tests.
 from __future__ import annotations
 
 # Benchmark modules in run order; each defines ``run(scale: float) -> None``.
-BENCHMARKS: tuple[str, ...] = ("producer", "bronze", "gold", "silver", "runcost", "maintenance")
+BENCHMARKS: tuple[str, ...] = ("producer", "bronze", "gold", "silver", "runcost", "maintenance", "ui")
 
 
 def report(name: str, value: float, unit: str) -> None:

@@ -20,34 +20,23 @@ def _print_figures(health: Any) -> None:
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     """Exit 0 when healthy, 1 on warnings, 2 on critical figures or on figures it could not measure."""
     from lakehouse.cli import to_json
-    from lakehouse.monitor.alerting import breaches, load_state, state_path
-    from lakehouse.monitor.figures import as_json, collect
-    from lakehouse.monitor.rules import CRITICAL as CRITICAL_SEVERITY
-    from lakehouse.monitor.rules import rules
+    from lakehouse.monitor.figures import collect
+    from lakehouse.monitor.overview import assess, health_json
 
     health = collect(settings)
-    found = breaches(rules(settings), health.figures)
-    firing = {k: a for k, a in load_state(state_path(settings)).items() if a.firing}
-    if any(b.severity == CRITICAL_SEVERITY for b in found) or health.errors:
-        code = CRITICAL
-    else:
-        code = WARNINGS if found else HEALTHY
+    verdict = assess(settings, health)
     if args.json:
-        print(to_json({**as_json(health), "status": ["healthy", "warning", "critical"][code],
-                       "breaches": [{"rule": b.rule.name, "severity": b.severity, "labels": dict(b.figure.labels),
-                                     "value": b.figure.value, "text": b.text} for b in found],
-                       "firing": [{"key": k, "rule": a.rule, "severity": a.severity, "labels": a.labels,
-                                   "since": a.since, "summary": a.summary} for k, a in sorted(firing.items())]}))
-        return code
+        print(to_json(health_json(health, verdict)))
+        return verdict.code
     _print_figures(health)
     for error in health.errors:
         print(f"not measured: {error}")
-    for breach in found:
+    for breach in verdict.breaches:
         print(breach.text)
-    for key, alert in sorted(firing.items()):
+    for key, alert in sorted(verdict.firing.items()):
         print(f"firing (pipeline_monitor): {alert.severity} {key}: {alert.summary}")
-    print(["healthy", "warning", "critical"][code])
-    return code
+    print(verdict.status)
+    return verdict.code
 
 
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:

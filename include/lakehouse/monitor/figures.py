@@ -17,6 +17,13 @@ Figures (gauge names; :mod:`lakehouse.monitor.rules` watches some of them):
   known to wait in Kafka (its timestamp), in Bronze (the commit time of the first Bronze append
   Silver has not read) or in Silver (the same for Gold); the oldest of those is taken, so the
   figure is exact at the Kafka step and a lower bound of a few seconds at the others.
+- ``layer_lag_records`` / ``layer_lag_seconds`` per layer (``silver``, ``gold``) and exchange: the
+  records the layer's input table holds that the layer's stream has not read (the ``added-records``
+  of the input's appends after the stream's checkpoint; an append read in part counts the share of
+  its files not yet read), and now minus the commit time of the oldest of those appends (0 when
+  caught up). Bronze's lag is ``kafka_lag_records`` / ``kafka_lag_seconds``.
+- ``table_bytes`` / ``table_data_files`` / ``table_snapshots`` per table: the current snapshot's
+  ``total-files-size`` and ``total-data-files``, and the snapshots the table's metadata holds.
 - ``dlq_rate`` per error type and over all (``error_type=all``): dead letters over dead letters
   plus Silver rows, from the snapshot summaries of the last ``LAKEHOUSE_ALERT_DLQ_WINDOW_MINUTES``.
 - ``stalled_seconds`` per layer: how long the layer has made no progress while its input has
@@ -35,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lakehouse import names
+from lakehouse.monitor import history
 from lakehouse.monitor.alerting import Figure
 from lakehouse.monitor.rules import (ALL_ERROR_TYPES, DLQ_RATE, KAFKA_LAG_SECONDS, PRODUCER_IDLE_SECONDS,
                                      STALLED_SECONDS)
@@ -51,8 +59,16 @@ KAFKA_LAG_RECORDS = "kafka_lag_records"
 COMMIT_AGE_SECONDS = "commit_age_seconds"
 EVENT_AGE_SECONDS = "event_age_seconds"
 END_TO_END_SECONDS = "end_to_end_seconds"
+LAYER_LAG_RECORDS = "layer_lag_records"
+LAYER_LAG_SECONDS = "layer_lag_seconds"
+TABLE_BYTES = "table_bytes"
+TABLE_DATA_FILES = "table_data_files"
+TABLE_SNAPSHOTS = "table_snapshots"
+TABLE_FIGURES = (COMMIT_AGE_SECONDS, EVENT_AGE_SECONDS, TABLE_BYTES, TABLE_DATA_FILES, TABLE_SNAPSHOTS)
+STREAM_FIGURES = (STALLED_SECONDS, END_TO_END_SECONDS, LAYER_LAG_RECORDS, LAYER_LAG_SECONDS)
 FIGURE_NAMES = (KAFKA_LAG_RECORDS, KAFKA_LAG_SECONDS, COMMIT_AGE_SECONDS, EVENT_AGE_SECONDS, END_TO_END_SECONDS,
-                DLQ_RATE, STALLED_SECONDS, PRODUCER_IDLE_SECONDS)
+                DLQ_RATE, STALLED_SECONDS, PRODUCER_IDLE_SECONDS, LAYER_LAG_RECORDS, LAYER_LAG_SECONDS, TABLE_BYTES,
+                TABLE_DATA_FILES, TABLE_SNAPSHOTS)
 # How long a run waits for Kafka before it reports Kafka unreadable: well inside the DAG's minute.
 KAFKA_TIMEOUT_S = 10.0
 # The column holding each layer's event time: Kafka's record time in Bronze, the trade's time after.
@@ -112,32 +128,40 @@ def stream_progress(checkpoint_uri: str) -> StreamProgress | None:
 
 def _appends(table: Table) -> list[Snapshot]:
     """The append snapshots of main's history, oldest first (what an Iceberg stream reads)."""
-    metadata = table.metadata
-    out = []
-    snap = table.current_snapshot()
-    while snap is not None:
-        if snap.summary is not None and snap.summary.operation.value == "append":
-            out.append(snap)
-        snap = metadata.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
-    return out[::-1]
+    return history.main_appends(table)
 
 
-def oldest_unread_append(table: Table, progress: StreamProgress) -> Snapshot | None:
-    """The oldest append of ``table`` that a stream at ``progress`` has not read completely."""
+def unread_appends(table: Table, progress: StreamProgress) -> list[tuple[Snapshot, float]]:
+    """The appends of ``table`` that a stream at ``progress`` has not read completely, oldest first,
+    each with the share of its data files still unread (1.0 for an append not started)."""
     appends = _appends(table)
     if progress.snapshot_id is None:
-        return appends[0] if appends else None
+        return [(snap, 1.0) for snap in appends]
     consumed = table.metadata.snapshot_by_id(progress.snapshot_id)
     if consumed is None:  # expired under the stream: everything left is newer than it
-        return appends[0] if appends else None
+        return [(snap, 1.0) for snap in appends]
+    unread = []
     for snap in appends:
         if snap.snapshot_id == progress.snapshot_id:
             added = int(snap.summary.get("added-data-files") or 0) if snap.summary is not None else 0
             if progress.position < added:
-                return snap
+                unread.append((snap, (added - progress.position) / added))
         elif (snap.sequence_number or 0) > (consumed.sequence_number or 0):
-            return snap
-    return None
+            unread.append((snap, 1.0))
+    return unread
+
+
+def oldest_unread_append(table: Table, progress: StreamProgress) -> Snapshot | None:
+    """The oldest append of ``table`` that a stream at ``progress`` has not read completely."""
+    unread = unread_appends(table, progress)
+    return unread[0][0] if unread else None
+
+
+def unread_records(unread: Iterable[tuple[Snapshot, float]]) -> int:
+    """Records in those appends not read yet: ``added-records`` times the unread share of the files
+    (exact for appends not started, proportional for the one a stream stopped inside)."""
+    return round(sum(int(snap.summary.get("added-records") or 0) * share  # type: ignore[union-attr]
+                     for snap, share in unread if snap.summary is not None))
 
 
 def newest_event_time(table: Table, column: str) -> float | None:
@@ -179,6 +203,12 @@ def _table_figures(health: Health, table: Table, layer: str, exchange: str, tabl
     event = newest_event_time(table, column)
     if event is not None:
         health.add(EVENT_AGE_SECONDS, max(0.0, now - event), layer=layer, exchange=exchange, table=table_name)
+    summary = snap.summary if snap is not None else None
+    health.add(TABLE_BYTES, int(summary.get("total-files-size") or 0) if summary is not None else 0, layer=layer,
+               exchange=exchange, table=table_name)
+    health.add(TABLE_DATA_FILES, int(summary.get("total-data-files") or 0) if summary is not None else 0,
+               layer=layer, exchange=exchange, table=table_name)
+    health.add(TABLE_SNAPSHOTS, len(table.metadata.snapshots), layer=layer, exchange=exchange, table=table_name)
 
 
 def _kafka_figures(health: Health, settings: Settings, exchange: str, bronze: Table) -> float | None:
@@ -211,18 +241,23 @@ def _kafka_figures(health: Health, settings: Settings, exchange: str, bronze: Ta
 
 
 def _stream_figures(health: Health, upstream: Table, checkpoint: str, layer: str, exchange: str) -> float | None:
-    """The layer's stalled time; returns the age of the oldest upstream append it has not read."""
+    """The layer's lag and stalled time; returns the age of the oldest upstream append it has not read."""
     now = health.at
     progress = stream_progress(checkpoint)
     if progress is None:
-        health.failed((STALLED_SECONDS, END_TO_END_SECONDS), f"{layer} {exchange}",
+        health.failed(STREAM_FIGURES, f"{layer} {exchange}",
                       ValueError(f"checkpoint {checkpoint} is not local; its progress is unknown"))
         return None
-    unread = oldest_unread_append(upstream, progress)
-    if unread is None:
+    unread = unread_appends(upstream, progress)
+    if not unread:
+        health.add(LAYER_LAG_RECORDS, 0, layer=layer, exchange=exchange)
+        health.add(LAYER_LAG_SECONDS, 0.0, layer=layer, exchange=exchange)
         health.add(STALLED_SECONDS, 0.0, layer=layer, exchange=exchange)
         return None
-    waiting = max(0.0, now - unread.timestamp_ms / 1000)
+    waiting = max(0.0, now - unread[0][0].timestamp_ms / 1000)
+    records = unread_records(unread)
+    health.add(LAYER_LAG_RECORDS, records, layer=layer, exchange=exchange)
+    health.add(LAYER_LAG_SECONDS, waiting, {"records": records}, layer=layer, exchange=exchange)
     stalled = waiting if progress.committed_at is None else min(waiting, now - progress.committed_at)
     health.add(STALLED_SECONDS, max(0.0, stalled), layer=layer, exchange=exchange)
     return waiting
@@ -232,21 +267,10 @@ def dlq_rates(silver: Table, dlq: Table, exchange: str, since_ms: int) -> tuple[
     """(Silver rows, dead letters by error type) that Silver runs of ``exchange`` committed after
     ``since_ms``, from snapshot summaries: Silver appends' record counts, and the dead-letter
     counts recorded on the dead-letter table's appends of that exchange."""
-    valid = sum(int(s.summary.get("added-records") or 0) for s in silver.metadata.snapshots
-                if s.timestamp_ms >= since_ms and s.summary is not None and s.summary.operation.value == "append")
+    valid = sum(c.records for c in history.appended(silver.metadata.snapshots, since_ms))
     dead: Counter[str] = Counter()
-    for snap in dlq.metadata.snapshots:
-        summary = snap.summary
-        if (snap.timestamp_ms < since_ms or summary is None or summary.operation.value != "append"
-                or summary.get(names.SILVER_EXCHANGE_PROPERTY) != exchange):
-            continue
-        try:
-            counts = json.loads(summary.get(names.SILVER_DEAD_PROPERTY) or "{}")
-        except ValueError:
-            counts = {}
-        if not counts:  # a commit without recorded counts: its added records, by unknown type
-            counts = {"unrecorded": int(summary.get("added-records") or 0)}
-        dead.update({str(k): int(v) for k, v in counts.items()})
+    for _, counts in history.dead_letters(dlq.metadata.snapshots, exchange, since_ms):
+        dead.update(counts)
     return valid, dead
 
 
@@ -262,9 +286,12 @@ def _dlq_figures(health: Health, settings: Settings, silver: Table, dlq: Table, 
         health.add(DLQ_RATE, share, {"window": window, "rows": total}, exchange=exchange, error_type=error_type)
 
 
-def collect(settings: Settings, now: float | None = None) -> Health:
+def collect(settings: Settings, now: float | None = None, loaded: dict[str, Table] | None = None) -> Health:
     """Every figure for every exchange. A part that cannot be read (Kafka down, a table missing)
-    is reported in :attr:`Health.errors` and the rest is still measured."""
+    is reported in :attr:`Health.errors` and the rest is still measured.
+
+    ``loaded``, when given, receives every table read, by full name: a caller reading more from the
+    same metadata (:mod:`lakehouse.monitor.history`) then loads nothing twice."""
     from pyiceberg.exceptions import NoSuchTableError
 
     from lakehouse.bronze.errors import BronzeError
@@ -277,8 +304,10 @@ def collect(settings: Settings, now: float | None = None) -> Health:
         try:
             table = catalog.load_table(name)
         except NoSuchTableError as err:
-            health.failed((COMMIT_AGE_SECONDS, EVENT_AGE_SECONDS, DLQ_RATE), name, err)
+            health.failed((*TABLE_FIGURES, DLQ_RATE), name, err)
             continue
+        if loaded is not None:
+            loaded[name] = table
         dlq = table if name == names.DLQ_TABLE else dlq
         _table_figures(health, table, layer, "all", name, column)
     for exchange in settings.exchanges:
@@ -288,6 +317,9 @@ def collect(settings: Settings, now: float | None = None) -> Health:
         except NoSuchTableError as err:
             health.failed(FIGURE_NAMES, f"{exchange} tables", err)
             continue
+        if loaded is not None:
+            loaded[names.bronze_table(exchange)] = bronze
+            loaded[names.silver_table(exchange)] = silver
         _table_figures(health, bronze, "bronze", exchange, names.bronze_table(exchange), EVENT_COLUMNS["bronze"])
         _table_figures(health, silver, "silver", exchange, names.silver_table(exchange), EVENT_COLUMNS["silver"])
         waits: list[float] = []
@@ -305,7 +337,7 @@ def collect(settings: Settings, now: float | None = None) -> Health:
             try:
                 wait = _stream_figures(health, upstream, checkpoint, layer, exchange)
             except (OSError, ValueError, KeyError) as err:
-                health.failed((STALLED_SECONDS, END_TO_END_SECONDS), f"{layer} {exchange} checkpoint", err)
+                health.failed(STREAM_FIGURES, f"{layer} {exchange} checkpoint", err)
                 continue
             if wait is not None:
                 waits.append(wait)
@@ -334,5 +366,7 @@ def as_json(health: Health) -> dict[str, Any]:
 
 
 __all__ = ["COMMIT_AGE_SECONDS", "END_TO_END_SECONDS", "EVENT_AGE_SECONDS", "FIGURE_NAMES", "KAFKA_LAG_RECORDS",
-           "Health", "StreamProgress", "as_json", "collect", "dlq_rates", "newest_event_time",
-           "oldest_unread_append", "publish", "stream_progress"]
+           "LAYER_LAG_RECORDS", "LAYER_LAG_SECONDS", "STREAM_FIGURES", "TABLE_BYTES", "TABLE_DATA_FILES",
+           "TABLE_FIGURES", "TABLE_SNAPSHOTS", "Health", "StreamProgress", "as_json", "collect", "dlq_rates",
+           "newest_event_time", "oldest_unread_append", "publish", "stream_progress", "unread_appends",
+           "unread_records"]
