@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lakehouse.catalog import NewestAppend, load_catalog, newest_append
-from lakehouse.orchestration.pending import initial_offset_file, local_dir
+from lakehouse.orchestration.pending import batch_ids, initial_offset_file, local_dir
 from lakehouse.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,6 +52,12 @@ log = logging.getLogger(__name__)
 
 class RunComplete(RuntimeError):
     """A batch was planned after the run reached its target: refused unwritten, left for the next run."""
+
+
+class StreamStalledError(RuntimeError):
+    """The stream went idle although its checkpoint's newest committed batch ends before the run's
+    target: the upstream rows after it would never be read. Never expected; raised rather than
+    reporting a run that left rows behind as a success."""
 
 
 def upstream_target(settings: Settings, table: str) -> Target | None:
@@ -106,6 +112,27 @@ class TargetProgress:
             handler(batch_df, batch_id)
             self.observe(batch_end_offset(batch_df.sparkSession, checkpoint, batch_id))
         return handle
+
+    def confirm_idle(self, checkpoint: str) -> None:
+        """At idle: the checkpoint's newest committed batch must end at or past the target.
+
+        A run whose own batches reached the target passes at once. Otherwise (this run committed no
+        batch, e.g. another run of the same checkpoint had done the work) the newest entry of the
+        commit log is looked up. Raises :class:`StreamStalledError` when it ends before the target.
+        Only a local checkpoint is checked (a remote one would need a listing per run).
+        """
+        directory = local_dir(checkpoint)
+        if self.finished.is_set() or directory is None:
+            return
+        committed = batch_ids(directory / "commits")
+        if committed:
+            lines = [ln for ln in (directory / "offsets" / str(committed[-1])).read_text().splitlines() if ln.strip()]
+            self.observe(json.loads(lines[-1]))
+        if not self.finished.is_set():
+            raise StreamStalledError(
+                f"the stream of {self._table} went idle before the run's target (snapshot {self.target.snapshot_id}); "
+                f"checkpoint {checkpoint}: offsets {batch_ids(directory / 'offsets')[-3:]}, "
+                f"commits {committed[-3:]} (newest batches)")
 
     def completed_by(self, err: BaseException) -> bool:
         """Whether a query failure is only the refusal of a batch past the run's end.
@@ -175,11 +202,12 @@ def batch_end_offset(spark: SparkSession, checkpoint: str, batch_id: int) -> dic
 
 
 def await_target(query: StreamingQuery, progress: TargetProgress, poll_s: float,
-                 failure: Callable[[Exception], Exception]) -> None:
+                 failure: Callable[[Exception], Exception], checkpoint: str) -> None:
     """Wait until the running ``query`` has consumed its target and is idle, then stop it.
 
-    A query failure other than :class:`RunComplete` is raised as ``failure(err)``. The query is
-    stopped whatever happens.
+    A query failure other than :class:`RunComplete` is raised as ``failure(err)``, and so is an
+    idle stream whose ``checkpoint`` ends before the target (:meth:`TargetProgress.confirm_idle`).
+    The query is stopped whatever happens.
     """
     from pyspark.errors import StreamingQueryException
 
@@ -205,11 +233,15 @@ def await_target(query: StreamingQuery, progress: TargetProgress, poll_s: float,
                 error = query.exception()
                 if error is not None and not progress.refused.is_set():
                     raise failure(error) from error
+                try:
+                    progress.confirm_idle(checkpoint)
+                except StreamStalledError as stalled:
+                    raise failure(stalled) from stalled
                 return
     finally:
         if query.isActive:
             query.stop()
 
 
-__all__ = ["EXTRA_BATCHES", "IDLE_MESSAGE", "BatchHandler", "RunComplete", "Target", "TargetProgress",
+__all__ = ["EXTRA_BATCHES", "IDLE_MESSAGE", "BatchHandler", "RunComplete", "StreamStalledError", "Target", "TargetProgress",
            "await_target", "batch_end_offset", "ensure_initial_offset", "initial_offset", "upstream_target"]

@@ -34,6 +34,7 @@ from support import make_env
 from lakehouse import avro, names, stack, tables
 from lakehouse.catalog import load_catalog
 from lakehouse.jobs import EXIT_CONCURRENT
+from lakehouse.orchestration.pending import batch_ids, local_dir
 from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings, load_settings
 from lakehouse.silver.synthetic import bronze_arrow, trade
@@ -135,6 +136,24 @@ class Race:
     settings: Settings
     rounds: dict[str, list[list[dict[str, Any]]]]  # layer -> per round: both writers' results
     seconds: float
+    first_gap: str | None = None  # the first round after which Silver lacked Bronze rows, and what was seen
+
+
+def silver_gap(settings: Settings) -> list[int]:
+    """Bronze offsets in neither Silver nor the dead-letter table: after a round, there must be none."""
+    catalog = load_catalog(settings)
+    bronze = catalog.load_table(names.bronze_table(EX)).scan(selected_fields=("offset",)).to_arrow()
+    silver = catalog.load_table(names.silver_table(EX)).scan(selected_fields=("bronze_offset",)).to_arrow()
+    dlq = catalog.load_table(names.DLQ_TABLE).scan(row_filter=EqualTo("bronze_source", names.bronze_table(EX)),
+                                                   selected_fields=("bronze_offset",)).to_arrow()
+    landed = set(silver["bronze_offset"].to_pylist()) | set(dlq["bronze_offset"].to_pylist())
+    return sorted(set(bronze["offset"].to_pylist()) - landed)
+
+
+def checkpoint_logs(settings: Settings) -> str:
+    """The Silver checkpoint's offset and commit log entries (batch ids), for a failure message."""
+    root = local_dir(names.checkpoint(settings, "silver", EX))
+    return "; ".join(f"{log}: {batch_ids(root / log)}" for log in ("offsets", "commits")) if root else "remote"
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +169,19 @@ def race(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Race]:
         rnd = random.Random(12)
         rounds: dict[str, list[list[dict[str, Any]]]] = {"silver": [], "gold": []}
         writers.wait_ready()
+        first_gap = None
         for round_no in range(ROUNDS):
             for commit in range(COMMITS_PER_ROUND):
                 append_bronze(settings, sid, (round_no * COMMITS_PER_ROUND + commit) * 100, rnd)
             for layer in ("silver", "gold"):
                 rounds[layer].append(writers.race(layer, round_no))
+            gap = silver_gap(settings) if first_gap is None else []
+            if gap:  # every round adds Bronze rows that one of the two runs must land
+                first_gap = (f"after round {round_no}, {len(gap)} Bronze rows in neither Silver nor the dead-letter "
+                             f"table (offsets {gap[0]}..{gap[-1]}); this round's Silver runs: "
+                             f"{rounds['silver'][-1]}; checkpoint {checkpoint_logs(settings)}")
         writers.close()
-        yield Race(settings, rounds, time.monotonic() - started)
+        yield Race(settings, rounds, time.monotonic() - started, first_gap)
     finally:
         writers.close()
         stack.down(settings)
@@ -167,6 +192,11 @@ def outcome_summary(rounds: list[list[dict[str, Any]]]) -> dict[str, int]:
     return {"rounds": len(rounds), "rounds_with_loser": sum(any(r["status"] == "lost" for r in rs) for rs in rounds),
             "rounds_both_wrote": sum(all(r["status"] == "committed" and r["written"] for r in rs) for rs in rounds),
             **statuses}
+
+
+def round_outcomes(rounds: list[list[dict[str, Any]]]) -> list[str]:
+    """Per round, both writers' status and rows read, e.g. ``3: committed/30 lost/0``."""
+    return [f"{n}: " + " ".join(f"{r['status']}/{r['read']}" for r in results) for n, results in enumerate(rounds)]
 
 
 def check_outcomes(layer: str, rounds: list[list[dict[str, Any]]], error_class: str) -> None:
@@ -191,12 +221,15 @@ def test_two_silver_writers_land_every_bronze_row_exactly_once(race: Race) -> No
     offsets = set(bronze["offset"].to_pylist())
     duplicated = {o: n for o, n in landed.items() if n > 1}
 
+    check_outcomes("silver", race.rounds["silver"], "SilverConcurrentWriterError")  # first: a writer error says why
+    assert race.first_gap is None, race.first_gap
     assert len(offsets) == ROUNDS * COMMITS_PER_ROUND * (VALID_PER_COMMIT + BAD_PER_COMMIT) == bronze.num_rows
     assert not duplicated, f"{len(duplicated)} Bronze rows landed more than once ({sum(duplicated.values())} rows)"
-    assert set(landed) == offsets, f"{len(offsets - set(landed))} Bronze rows never landed"
+    missing = sorted(offsets - set(landed))
+    assert not missing, (f"{len(missing)} Bronze rows never landed (offsets {missing[0]}..{missing[-1]}); "
+                         f"Silver runs by round: {round_outcomes(race.rounds['silver'])}")
     assert silver.num_rows == ROUNDS * COMMITS_PER_ROUND * VALID_PER_COMMIT
     assert silver.num_rows + dlq.num_rows == bronze.num_rows
-    check_outcomes("silver", race.rounds["silver"], "SilverConcurrentWriterError")
 
 
 def test_two_gold_writers_insert_every_trade_exactly_once(race: Race) -> None:
@@ -207,10 +240,11 @@ def test_two_gold_writers_insert_every_trade_exactly_once(race: Race) -> None:
     ids = gold_ids["message_id"].to_pylist()
     copies = {i: n for i, n in collections.Counter(ids).items() if n > 1}
 
-    assert not copies, f"{len(copies)} trades are in Gold more than once ({sum(copies.values())} rows)"
-    assert set(ids) == set(silver_ids["message_id"].to_pylist())
-    assert sum(bars["trade_count"].to_pylist()) == len(ids)  # every bar recomputed after its last insert
     check_outcomes("gold", race.rounds["gold"], "GoldConcurrentWriterError")
+    assert not copies, f"{len(copies)} trades are in Gold more than once ({sum(copies.values())} rows)"
+    assert set(ids) == set(silver_ids["message_id"].to_pylist()), \
+        f"Gold runs by round: {round_outcomes(race.rounds['gold'])}"
+    assert sum(bars["trade_count"].to_pylist()) == len(ids)  # every bar recomputed after its last insert
     print(f"race of {ROUNDS} rounds (Silver and Gold) took {race.seconds:.0f}s")
 
 

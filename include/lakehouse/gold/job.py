@@ -96,7 +96,7 @@ def run_source(spark: SparkSession, settings: Settings, exchange: str,
             raise
         raise _source_failure(exchange, err, None) from err  # another run created the checkpoint
     await_target(query, progress, settings.gold_poll_interval_s,
-                 lambda err: _source_failure(exchange, err, writer.failure))
+                 lambda err: _source_failure(exchange, err, writer.failure), checkpoint)
     # The MERGE reads, writes and commits in one statement: its time counts as work; the rest of the
     # query (offsets, micro-batch planning, checkpoint) as planning.
     work = sum(s.duration_s for s in writer.stats)

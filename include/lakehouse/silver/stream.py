@@ -135,7 +135,7 @@ def _stream(spark: SparkSession, settings: Settings, exchange: str, target: Targ
             raise
         raise query_failure(err, exchange) from err  # another run created the new checkpoint just now
     await_target(query, progress, settings.silver_poll_interval_s,
-                 lambda err: run_failure(err, exchange, raised.first))
+                 lambda err: run_failure(err, exchange, raised.first), checkpoint)
 
 
 __all__ = ["QUERY_ID_PROPERTY", "bronze_target", "run"]
