@@ -1,12 +1,17 @@
 """Helpers the test modules and fixtures share: free ports, an isolated stack's environment, the
-local PostgreSQL server. A plain module (``from support import make_env``): every tier imports
+local PostgreSQL server, a real Airflow api-server. A plain module (``from support import make_env``): every tier imports
 it the same way, whichever conftest files pytest has loaded."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,4 +61,43 @@ def make_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-__all__ = ["PG", "free_port", "make_env", "postgres_databases"]
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback only
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def airflow_api_server(argv: list[str], env: dict[str, str], port: int, log: Path | None = None,
+                       ready: Callable[[], bool] = lambda: True, timeout_s: float = 120) -> Iterator[str]:
+    """A real ``airflow api-server`` (``argv``, listening on ``port``) until the block ends; yields its URL.
+
+    Waits until its health endpoint answers and ``ready()`` holds; fails the test with the end of
+    ``log`` (its output, where given) if it exits or does not come up within ``timeout_s``. Stopped
+    with its whole process group (the server's workers), killed if SIGTERM is not enough.
+    """
+    base = f"http://127.0.0.1:{port}"
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not (_answers(f"{base}/api/v2/monitor/health") and ready()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+                pytest.fail(f"api-server {'exited' if process.poll() is not None else 'did not start'}: {tail}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if out is not subprocess.DEVNULL:
+            out.close()
+
+
+__all__ = ["PG", "airflow_api_server", "free_port", "make_env", "postgres_databases"]

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import PG, free_port, postgres_databases
+from support import PG, airflow_api_server, free_port, postgres_databases
 from compose_policy import COMPOSE_FILE, environment_of, interpolate_tree, load, sample_environment, services
 
 pytestmark = [pytest.mark.postgres]
@@ -96,14 +94,8 @@ def test_compose_airflow_settings_give_a_real_user_store(database: str, tmp_path
     assert encrypted and "hush-hush" not in stored
 
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "api-server", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while _request_ok(f"{base}/api/v2/monitor/health") is False:
-            assert server.poll() is None and time.monotonic() < deadline, "api-server did not start"
-            time.sleep(0.5)
+    argv = [str(Path(sys.executable).with_name("airflow")), "api-server", "--port", str(port)]
+    with airflow_api_server(argv, env, port) as base:
         assert _request(f"{base}/api/v2/dags")[0] == 401
         user, password = env["AIRFLOW_ADMIN_USERNAME"], env["AIRFLOW_ADMIN_PASSWORD"]
         wrong = json.dumps({"username": user, "password": password + "x"}).encode()
@@ -112,17 +104,5 @@ def test_compose_airflow_settings_give_a_real_user_store(database: str, tmp_path
         assert status == 201 and body["access_token"]
         status, dags = _request(f"{base}/api/v2/dags", token=body["access_token"])
         assert status == 200 and dags["total_entries"] == 0
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
-def _request_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback only
-            return True
-    except OSError:
-        return False

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from support import free_port, make_env
+from support import airflow_api_server, free_port, make_env
 
 from lakehouse import names
 from lakehouse.orchestration.environment import airflow_argv, airflow_env, password_file, run_airflow
@@ -72,34 +69,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = airflow_env(settings, base_env)
     settings.airflow_home_path.mkdir(parents=True, exist_ok=True)
     run_airflow(settings, ["db", "migrate"], env)
-    log = (home / "api-server.log").open("wb")
-    process = subprocess.Popen(airflow_argv(["api-server", "--port", str(port)]), env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            assert process.poll() is None, (home / "api-server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "api-server did not start"
-            try:
-                if _get(f"{base}/api/v2/monitor/health")[0] == 200 and password_file(settings).exists():
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
+    with airflow_api_server(airflow_argv(["api-server", "--port", str(port)]), env, port, home / "api-server.log",
+                            ready=password_file(settings).exists, timeout_s=STARTUP_S) as base:
         passwords = json.loads(password_file(settings).read_text())
         user, password = next(iter(passwords.items()))
         status, _, body = _get(f"{base}/auth/token", data=json.dumps({"username": user, "password": password}).encode())
         assert status == 201, body[-500:]
         yield Server(base, json.loads(body)["access_token"], settings.exchanges)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def test_no_figures_without_a_login(server: Server) -> None:

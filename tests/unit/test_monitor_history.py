@@ -199,3 +199,14 @@ def test_golds_merge_overwrites_count_the_rows_they_added() -> None:
     assert [s.snapshot_id for s in gold] == [1, 2, 4]
     assert H.appended(gold, T0) == [H.Commit(T0, 5), H.Commit(T0 + 1, 10), H.Commit(T0 + 3, 8)]
     assert [s.snapshot_id for s in H.main_appends(table)] == [1]  # type: ignore[arg-type]
+
+
+def test_summary_properties_are_pyicebergs_own_without_the_slow_path() -> None:
+    """The fast read of a summary's properties must stay equal to pyiceberg's property (a pydantic or
+    pyiceberg upgrade that moves the private attribute falls back to it, never to other data)."""
+    summary = Summary(Operation.OVERWRITE, **{"added-records": "7", "deleted-records": "2", "x": "y"})
+    snap = Snapshot(snapshot_id=1, sequence_number=1, timestamp_ms=1, manifest_list="m", summary=summary)
+    assert H.summary_properties(snap) == summary.additional_properties == {
+        "added-records": "7", "deleted-records": "2", "x": "y"}
+    assert H.summary_properties(Snapshot(snapshot_id=2, timestamp_ms=1, manifest_list="m")) == {}
+    assert H._added(snap) == 5

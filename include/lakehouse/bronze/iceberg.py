@@ -28,6 +28,7 @@ from lakehouse.settings import Settings
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
+    from pyiceberg.table.snapshots import Snapshot
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,15 @@ def offsets_on_main(table: Table, topic: str) -> tuple[int | None, dict[int, int
     None when no remaining ancestor has it (expired).
     """
     head = table.current_snapshot()
+    by_id: dict[int, Snapshot] | None = None  # pyiceberg's snapshot_by_id scans the list: a long walk indexes once
     snap = head
     while snap is not None:
         raw = snap.summary.get(names.BRONZE_OFFSETS_PROPERTY) if snap.summary is not None else None
         if raw is not None:
             return head.snapshot_id if head else None, decode_offsets(raw, topic), snap.snapshot_id
-        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+        if by_id is None:
+            by_id = {s.snapshot_id: s for s in table.metadata.snapshots}
+        snap = by_id.get(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
     return (head.snapshot_id if head else None), None, None
 
 

@@ -160,8 +160,8 @@ def oldest_unread_append(table: Table, progress: StreamProgress) -> Snapshot | N
 def unread_records(unread: Iterable[tuple[Snapshot, float]]) -> int:
     """Records in those appends not read yet: ``added-records`` times the unread share of the files
     (exact for appends not started, proportional for the one a stream stopped inside)."""
-    return round(sum(int(snap.summary.get("added-records") or 0) * share  # type: ignore[union-attr]
-                     for snap, share in unread if snap.summary is not None))
+    return round(sum(int(history.summary_properties(snap).get("added-records") or 0) * share
+                     for snap, share in unread))
 
 
 def newest_event_time(table: Table, column: str) -> float | None:

@@ -57,12 +57,29 @@ def _adds_rows(snap: Snapshot) -> bool:
     return snap.summary is not None and snap.summary.operation.value in _ADDING
 
 
+def summary_properties(snap: Snapshot) -> dict[str, str]:
+    """A snapshot summary's properties (all but the operation) as a plain dict.
+
+    pyiceberg's ``Summary.get`` and ``additional_properties`` reach them through pydantic's
+    ``__getattr__`` for private attributes, about 8 µs an access: reading a day of minute snapshots
+    that way cost the page 0.2 s of a 0.9 s computation. ``__pydantic_private__`` is where pydantic
+    v2 keeps a model's private attributes (a slot: a plain attribute read); the property is the
+    fallback should that change.
+    """
+    summary = snap.summary
+    if summary is None:
+        return {}
+    private = getattr(summary, "__pydantic_private__", None)
+    props = private.get("_additional_properties") if isinstance(private, dict) else None
+    return props if isinstance(props, dict) else summary.additional_properties
+
+
 def _added(snap: Snapshot) -> int:
     """The rows a commit brought: an overwrite's added records less the ones it rewrote away."""
-    summary = snap.summary
-    added = int(summary.get("added-records") or 0)  # type: ignore[union-attr]
-    if summary.operation.value == "overwrite":  # type: ignore[union-attr]
-        added -= int(summary.get("deleted-records") or 0)  # type: ignore[union-attr]
+    props = summary_properties(snap)
+    added = int(props.get("added-records") or 0)
+    if snap.summary is not None and snap.summary.operation.value == "overwrite":
+        added -= int(props.get("deleted-records") or 0)
     return max(added, 0)
 
 
@@ -95,15 +112,17 @@ def dead_letters(snapshots: Iterable[Snapshot], exchange: str, since_ms: int) ->
     out: list[tuple[int, Counter[str]]] = []
     for snap in snapshots:
         summary = snap.summary
-        if (snap.timestamp_ms < since_ms or summary is None or summary.operation.value != "append"
-                or summary.get(names.SILVER_EXCHANGE_PROPERTY) != exchange):
+        if snap.timestamp_ms < since_ms or summary is None or summary.operation.value != "append":
+            continue
+        props = summary_properties(snap)
+        if props.get(names.SILVER_EXCHANGE_PROPERTY) != exchange:
             continue
         try:
-            counts = json.loads(summary.get(names.SILVER_DEAD_PROPERTY) or "{}")
+            counts = json.loads(props.get(names.SILVER_DEAD_PROPERTY) or "{}")
         except ValueError:
             counts = {}
         if not isinstance(counts, dict) or not counts:
-            counts = {UNRECORDED: int(summary.get("added-records") or 0)}
+            counts = {UNRECORDED: int(props.get("added-records") or 0)}
         out.append((snap.timestamp_ms, Counter({str(k): int(v) for k, v in counts.items()})))
     return sorted(out, key=lambda item: item[0])
 

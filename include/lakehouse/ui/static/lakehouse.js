@@ -7,6 +7,7 @@
   const body = document.body;
   const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
   const charts = {};
+  const MIN_WINDOW_S = 15 * 60;  // the charts show at least this much, however young the stack
 
   function fmtRecords(v) { return v === null || v === undefined ? "" : String(Math.round(v)); }
   function fmtSeconds(v) { return v === null || v === undefined ? "" : v.toFixed(1); }
@@ -36,7 +37,7 @@
     });
   }
 
-  function drawChart(id, labels, series, percent) {
+  function drawChart(id, labels, series, percent, emptyText) {
     const canvas = document.getElementById(id);
     if (!canvas || typeof Chart === "undefined") return;
     const datasets = Object.keys(series).map(function (name, i) {
@@ -46,15 +47,17 @@
     const points = datasets.reduce(function (n, d) {
       return n + d.data.filter(function (v) { return v !== null && v !== undefined; }).length;
     }, 0);
+    const title = { display: datasets.length === 0, text: emptyText };
     if (charts[id]) {
       charts[id].data.labels = labels;
       charts[id].data.datasets = datasets;
+      charts[id].options.plugins.title = title;
       charts[id].update("none");
     } else {
       charts[id] = new Chart(canvas, {
         type: "line", data: { labels: labels, datasets: datasets },
         options: { animation: false, responsive: true, maintainAspectRatio: false, normalized: true,
-                   interaction: { mode: "index", intersect: false },
+                   interaction: { mode: "index", intersect: false }, plugins: { title: title },
                    scales: { y: { beginAtZero: true, ticks: percent ? { callback: function (v) { return (v * 100).toFixed(1) + "%"; } } : {} },
                              x: { ticks: { maxTicksLimit: 12 } } } }
       });
@@ -62,13 +65,47 @@
     canvas.dataset.points = String(points);
   }
 
+  // The first bin any exchange's series has data in (records > 0, or any dead-letter rate).
+  function firstData(bySeries, length, hasData) {
+    let first = length;
+    for (const series of Object.values(bySeries)) {
+      for (const values of Object.values(series)) {
+        const i = values.findIndex(hasData);
+        if (i >= 0 && i < first) first = i;
+      }
+    }
+    return first;
+  }
+
+  // A stack younger than the charts' window: they start a little before its first data (at least
+  // MIN_WINDOW_S shown) instead of hours of empty bins. Both charts of an exchange share the start.
+  function chartStart(h) {
+    const first = firstData(h.records_per_minute, h.records_bins.length, function (v) { return v > 0; });
+    const keep = Math.ceil(MIN_WINDOW_S / h.records_bin_seconds);
+    const i = Math.max(0, Math.min(first - 2, h.records_bins.length - keep));
+    return h.records_bins.length ? h.records_bins[i] : 0;
+  }
+
+  function since(bins, start, binSeconds) {
+    const i = bins.findIndex(function (t) { return t + binSeconds > start; });
+    return i < 0 ? 0 : i;
+  }
+
   function drawCharts(f) {
     const h = f.history;
-    const recordLabels = timeLabels(h.records_bins);
-    const dlqLabels = timeLabels(h.dlq_bins);
+    const start = chartStart(h);
+    const r = since(h.records_bins, start, h.records_bin_seconds);
+    const d = since(h.dlq_bins, start, h.dlq_bin_seconds);
+    const cut = function (series, i) {
+      return Object.fromEntries(Object.entries(series || {}).map(function (kv) { return [kv[0], kv[1].slice(i)]; }));
+    };
+    const recordLabels = timeLabels(h.records_bins.slice(r));
+    const dlqLabels = timeLabels(h.dlq_bins.slice(d));
     for (const exchange of Object.keys(f.exchanges)) {
-      drawChart("records-chart-" + exchange, recordLabels, h.records_per_minute[exchange] || {}, false);
-      drawChart("dlq-chart-" + exchange, dlqLabels, h.dlq_rate[exchange] || {}, true);
+      drawChart("records-chart-" + exchange, recordLabels, cut(h.records_per_minute[exchange], r), false,
+                "No records in this window");
+      drawChart("dlq-chart-" + exchange, dlqLabels, cut(h.dlq_rate[exchange], d), true,
+                "No dead letters in this window");
     }
   }
 
