@@ -189,17 +189,27 @@
     drawCharts(f);
   }
 
+  // A failed refresh keeps the figures shown and says so next to their time (e.g. 401 once the login expired).
+  function refreshFailed(why) {
+    body.dataset.refreshError = why;
+    const note = document.getElementById("refresh-error");
+    if (note) {
+      note.textContent = why ? " - the last refresh failed (" + why + "): these figures are older" : "";
+      note.hidden = !why;
+    }
+  }
+
   async function refresh() {
     try {
       const response = await fetch(body.dataset.api, { credentials: "same-origin", headers: { Accept: "application/json" } });
       if (response.ok) {
         render(await response.json());
-        body.dataset.refreshError = "";
+        refreshFailed("");
       } else {
-        body.dataset.refreshError = String(response.status);
+        refreshFailed("HTTP " + response.status);
       }
     } catch (err) {
-      body.dataset.refreshError = String(err);
+      refreshFailed(String(err));
     }
   }
 
