@@ -113,7 +113,7 @@ test-slow: setup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 # The Lakehouse page in a browser, alone (part of 'make test-slow'): run-all's whole stack in a temp home
-# (~10 min), then sign in, open the page from the navigation, charts, Silver lag, no-login checks.
+# (~4 min), then sign in, open the page from the navigation, charts, Silver lag, no-login checks.
 # Screenshots land in $$LAKEHOUSE_TEST_ARTIFACTS (default test-artifacts/).
 test-ui: setup
 	$(PY) -m pytest "tests/e2e/test_make_run.py::test_lakehouse_page_in_a_browser" -s $(PYTEST_ARGS)
