@@ -126,8 +126,7 @@ class TargetProgress:
             return
         committed = batch_ids(directory / "commits")
         if committed:
-            lines = [ln for ln in (directory / "offsets" / str(committed[-1])).read_text().splitlines() if ln.strip()]
-            self.observe(json.loads(lines[-1]))
+            self.observe(source_offset((directory / "offsets" / str(committed[-1])).read_text().splitlines()))
         if not self.finished.is_set():
             raise StreamStalledError(
                 f"the stream of {self._table} went idle before the run's target (snapshot {self.target.snapshot_id}); "
@@ -195,10 +194,15 @@ def ensure_initial_offset(settings: Settings, table: str, checkpoint: str) -> No
         temporary.unlink(missing_ok=True)
 
 
+def source_offset(entry_lines: list[str]) -> dict[str, object]:
+    """The stream's source offset in one offset-log entry (``v1``, the batch metadata, then one line per
+    source; every layer stream has one source)."""
+    return json.loads([line for line in entry_lines if line.strip()][-1])
+
+
 def batch_end_offset(spark: SparkSession, checkpoint: str, batch_id: int) -> dict[str, object]:
     """The Iceberg stream offset this batch ends at, from the checkpoint's offset log (written before the batch)."""
-    lines = [r.value for r in spark.read.text(f"{checkpoint}/offsets/{batch_id}").collect() if r.value.strip()]
-    return json.loads(lines[-1])
+    return source_offset([r.value for r in spark.read.text(f"{checkpoint}/offsets/{batch_id}").collect()])
 
 
 def await_target(query: StreamingQuery, progress: TargetProgress, poll_s: float,
@@ -244,4 +248,5 @@ def await_target(query: StreamingQuery, progress: TargetProgress, poll_s: float,
 
 
 __all__ = ["EXTRA_BATCHES", "IDLE_MESSAGE", "BatchHandler", "RunComplete", "StreamStalledError", "Target", "TargetProgress",
-           "await_target", "batch_end_offset", "ensure_initial_offset", "initial_offset", "upstream_target"]
+           "await_target", "batch_end_offset", "ensure_initial_offset", "initial_offset", "source_offset",
+           "upstream_target"]

@@ -139,15 +139,29 @@ class Race:
     first_gap: str | None = None  # the first round after which Silver lacked Bronze rows, and what was seen
 
 
-def silver_gap(settings: Settings) -> list[int]:
-    """Bronze offsets in neither Silver nor the dead-letter table: after a round, there must be none."""
+@dataclasses.dataclass
+class Landed:
+    """Where the Bronze rows went: Bronze's offsets, and per offset how often Silver or the dead-letter table has it."""
+
+    bronze_rows: int
+    offsets: set[int]
+    silver_rows: int
+    dlq_rows: int
+    counts: collections.Counter[int]
+
+    @property
+    def missing(self) -> list[int]:
+        return sorted(self.offsets - set(self.counts))
+
+
+def landed(settings: Settings) -> Landed:
     catalog = load_catalog(settings)
     bronze = catalog.load_table(names.bronze_table(EX)).scan(selected_fields=("offset",)).to_arrow()
     silver = catalog.load_table(names.silver_table(EX)).scan(selected_fields=("bronze_offset",)).to_arrow()
     dlq = catalog.load_table(names.DLQ_TABLE).scan(row_filter=EqualTo("bronze_source", names.bronze_table(EX)),
                                                    selected_fields=("bronze_offset",)).to_arrow()
-    landed = set(silver["bronze_offset"].to_pylist()) | set(dlq["bronze_offset"].to_pylist())
-    return sorted(set(bronze["offset"].to_pylist()) - landed)
+    return Landed(bronze.num_rows, set(bronze["offset"].to_pylist()), silver.num_rows, dlq.num_rows,
+                  collections.Counter(silver["bronze_offset"].to_pylist() + dlq["bronze_offset"].to_pylist()))
 
 
 def checkpoint_logs(settings: Settings) -> str:
@@ -175,7 +189,7 @@ def race(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Race]:
                 append_bronze(settings, sid, (round_no * COMMITS_PER_ROUND + commit) * 100, rnd)
             for layer in ("silver", "gold"):
                 rounds[layer].append(writers.race(layer, round_no))
-            gap = silver_gap(settings) if first_gap is None else []
+            gap = landed(settings).missing if first_gap is None else []  # after a round, there must be none
             if gap:  # every round adds Bronze rows that one of the two runs must land
                 first_gap = (f"after round {round_no}, {len(gap)} Bronze rows in neither Silver nor the dead-letter "
                              f"table (offsets {gap[0]}..{gap[-1]}); this round's Silver runs: "
@@ -212,24 +226,18 @@ def check_outcomes(layer: str, rounds: list[list[dict[str, Any]]], error_class: 
 
 
 def test_two_silver_writers_land_every_bronze_row_exactly_once(race: Race) -> None:
-    catalog = load_catalog(race.settings)
-    bronze = catalog.load_table(names.bronze_table(EX)).scan(selected_fields=("offset",)).to_arrow()
-    silver = catalog.load_table(names.silver_table(EX)).scan(selected_fields=("bronze_offset",)).to_arrow()
-    dlq = catalog.load_table(names.DLQ_TABLE).scan(row_filter=EqualTo("bronze_source", names.bronze_table(EX)),
-                                                   selected_fields=("bronze_offset",)).to_arrow()
-    landed = collections.Counter(silver["bronze_offset"].to_pylist() + dlq["bronze_offset"].to_pylist())
-    offsets = set(bronze["offset"].to_pylist())
-    duplicated = {o: n for o, n in landed.items() if n > 1}
+    rows = landed(race.settings)
+    duplicated = {o: n for o, n in rows.counts.items() if n > 1}
 
     check_outcomes("silver", race.rounds["silver"], "SilverConcurrentWriterError")  # first: a writer error says why
     assert race.first_gap is None, race.first_gap
-    assert len(offsets) == ROUNDS * COMMITS_PER_ROUND * (VALID_PER_COMMIT + BAD_PER_COMMIT) == bronze.num_rows
+    assert len(rows.offsets) == ROUNDS * COMMITS_PER_ROUND * (VALID_PER_COMMIT + BAD_PER_COMMIT) == rows.bronze_rows
     assert not duplicated, f"{len(duplicated)} Bronze rows landed more than once ({sum(duplicated.values())} rows)"
-    missing = sorted(offsets - set(landed))
+    missing = rows.missing
     assert not missing, (f"{len(missing)} Bronze rows never landed (offsets {missing[0]}..{missing[-1]}); "
                          f"Silver runs by round: {round_outcomes(race.rounds['silver'])}")
-    assert silver.num_rows == ROUNDS * COMMITS_PER_ROUND * VALID_PER_COMMIT
-    assert silver.num_rows + dlq.num_rows == bronze.num_rows
+    assert rows.silver_rows == ROUNDS * COMMITS_PER_ROUND * VALID_PER_COMMIT
+    assert rows.silver_rows + rows.dlq_rows == rows.bronze_rows
 
 
 def test_two_gold_writers_insert_every_trade_exactly_once(race: Race) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import decimal
 import random
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -22,7 +21,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from lakehouse import avro, names, stack
-from lakehouse.bench import report
+from lakehouse.bench import free_port, report
 from lakehouse.bronze.kafka import consumer_config
 from lakehouse.settings import Settings, load_settings
 
@@ -31,10 +30,6 @@ WARMUP_FRACTION = 10
 SYMBOLS = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT", "DOGE-USDT", "ADA-USDT", "BNB-USDT", "AVAX-USDT")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _values(exchange: str, count: int) -> list[tuple[bytes, bytes]]:
@@ -109,8 +104,8 @@ def run(scale: float) -> None:
 
     count = max(1000, int(RECORDS * scale))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-bronze-"))
-    settings = load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(_free_port()),
-                              "LAKEHOUSE_STATSD_PORT": str(_free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING",
+    settings = load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(free_port()),
+                              "LAKEHOUSE_STATSD_PORT": str(free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING",
                               "LAKEHOUSE_BRONZE_MAX_RECORDS_PER_RUN": str(max(count, 2_000_000))})
     exchange, warmup = settings.exchanges[0], settings.exchanges[-1]
     topic = names.topic(settings, exchange)

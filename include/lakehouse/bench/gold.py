@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lakehouse import names, stack, tables
-from lakehouse.bench import report
+from lakehouse.bench import free_port, report
 from lakehouse.catalog import load_catalog
 from lakehouse.gold import job
 from lakehouse.gold.synthetic import silver_range
@@ -66,15 +65,11 @@ class Trades:
         return self.frame(spark).where(f"(CAST(trade_id AS BIGINT) - {self.first_id}) % {stride} = 0").limit(n)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _settings(home: Path) -> Settings:
-    return load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(_free_port()),
-                          "LAKEHOUSE_STATSD_PORT": str(_free_port()), "LAKEHOUSE_CATALOG_NAME": "bench_gold",
+    return load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(free_port()),
+                          "LAKEHOUSE_STATSD_PORT": str(free_port()), "LAKEHOUSE_CATALOG_NAME": "bench_gold",
                           "LAKEHOUSE_LOG_LEVEL": "WARNING"})
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -67,7 +66,7 @@ import pyarrow as pa
 from confluent_kafka import Producer
 
 from lakehouse import avro, names, stack
-from lakehouse.bench import report
+from lakehouse.bench import free_port, report
 from lakehouse.catalog import METADATA_CACHE, load_catalog, transaction
 from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings, load_settings
@@ -86,10 +85,6 @@ REPEATS = 5  # timed runs per point (the median is reported)
 SYNTHETIC_OFFSET = 10**12
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _us(at: dt.datetime) -> int:
@@ -234,8 +229,8 @@ def run(scale: float) -> None:
     commits = max(HOUR + 12, round(COMMITS * scale))
     count = max(100, round(RECORDS * scale))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-maintenance-"))
-    settings = load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(_free_port()),
-                              "LAKEHOUSE_STATSD_PORT": str(_free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING"})
+    settings = load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(free_port()),
+                              "LAKEHOUSE_STATSD_PORT": str(free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING"})
     if len(settings.exchanges) < 2:
         raise RuntimeError("the maintenance benchmark needs two exchanges (one maintained, one not)")
     spark = None

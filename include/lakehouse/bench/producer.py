@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from lakehouse import avro, broker, names
-from lakehouse.bench import report
+from lakehouse.bench import free_port, report
 from lakehouse.producer.codec import TradeEncoder
 from lakehouse.producer.generator import generate_frames, write_recording
 from lakehouse.producer.kafka import KafkaSink, producer_config
@@ -49,10 +48,6 @@ CODEC_RECEIVED_US = 1_709_251_300_000_000
 Encode = Callable[[Mapping[str, Any]], bytes]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -191,8 +186,8 @@ def run(scale: float) -> None:
     _codec_pair(scale, load_settings({}))
     with tempfile.TemporaryDirectory(prefix="lakehouse-bench-producer-") as tmp:
         home = Path(tmp)
-        settings = load_settings({"LAKEHOUSE_HOME": str(home / "home"), "LAKEHOUSE_KAFKA_PORT": str(_free_port()),
-                                  "LAKEHOUSE_STATSD_PORT": str(_free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING"})
+        settings = load_settings({"LAKEHOUSE_HOME": str(home / "home"), "LAKEHOUSE_KAFKA_PORT": str(free_port()),
+                                  "LAKEHOUSE_STATSD_PORT": str(free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING"})
         broker.start(settings)
         try:
             broker.ensure_topics(settings)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import fastavro
 import psutil
 
 from lakehouse import avro, names, stack
-from lakehouse.bench import report
+from lakehouse.bench import free_port, report
 from lakehouse.catalog import load_catalog
 from lakehouse.registry import registry_from_settings
 from lakehouse.settings import Settings, load_settings
@@ -46,10 +45,6 @@ RECORDS = 1_000_000
 COMMITS = 10
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def values(schema_id: int, exchange: str, count: int, at: dt.datetime) -> list[bytes]:
@@ -126,8 +121,8 @@ def run(scale: float) -> None:
 
     count = max(1000, int(RECORDS * scale))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-silver-"))
-    settings = load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(_free_port()),
-                              "LAKEHOUSE_STATSD_PORT": str(_free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING"})
+    settings = load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(free_port()),
+                              "LAKEHOUSE_STATSD_PORT": str(free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING"})
     exchange, warmup = settings.exchanges[0], settings.exchanges[-1]
     spark = None
     try:

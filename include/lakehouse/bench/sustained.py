@@ -36,7 +36,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from lakehouse.bench import free_port
 
 if TYPE_CHECKING:
     import numpy as np
@@ -153,10 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # --- the benchmarked stack -------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bench_environment(home: Path, extra: Sequence[tuple[str, str]]) -> dict[str, str]:

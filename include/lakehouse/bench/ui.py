@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -52,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from lakehouse import names, stack
-from lakehouse.bench import report
+from lakehouse.bench import free_port, report
 from lakehouse.catalog import METADATA_CACHE, load_catalog, transaction
 from lakehouse.settings import Settings, load_settings
 
@@ -66,10 +65,6 @@ REPEATS = 3
 BATCH = 60  # snapshots staged per catalog commit while the history is built
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _value(field: pa.Field, now: dt.datetime) -> Any:
@@ -156,8 +151,8 @@ def _ms(started: float) -> float:
 def run(scale: float) -> None:
     commits = max(60, round(COMMITS * scale))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-ui-"))
-    settings = load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(_free_port()),
-                              "LAKEHOUSE_STATSD_PORT": str(_free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING"})
+    settings = load_settings({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_KAFKA_PORT": str(free_port()),
+                              "LAKEHOUSE_STATSD_PORT": str(free_port()), "LAKEHOUSE_LOG_LEVEL": "WARNING"})
     os.environ.setdefault("AIRFLOW_HOME", str(home / "airflow"))  # the app imports Airflow's auth check
     try:
         stack.up(settings)
